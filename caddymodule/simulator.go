@@ -1,0 +1,122 @@
+package caddymodule
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/llmstream/caddy-llmstream/simulator"
+)
+
+func init() {
+	caddy.RegisterModule(LLMSimulator{})
+	httpcaddyfile.RegisterHandlerDirective("llm_simulator", parseLLMSimulator)
+	httpcaddyfile.RegisterDirectiveOrder("llm_simulator", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// LLMSimulator is a built-in OpenAI-compatible upstream that streams
+// deterministic text. It is a simulator, not a model: it lets the example
+// run with no API key and gives tests and benchmarks a fast, predictable
+// upstream. It answers <prefix>/chat/completions and <prefix>/models, and
+// special model names make it fail on purpose (see the README).
+type LLMSimulator struct {
+	// The pause between two chunks. Default: 30ms.
+	ChunkInterval *caddy.Duration `json:"chunk_interval,omitempty"`
+	// Content chunks per reply. Default: 20.
+	Chunks int `json:"chunks,omitempty"`
+	// The model it reports when a request names none. Default: llm-simulator.
+	Model string `json:"model,omitempty"`
+
+	sim *simulator.Simulator
+}
+
+const defaultSimInterval = 30 * time.Millisecond
+
+// CaddyModule returns the Caddy module information.
+func (LLMSimulator) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.llm_simulator",
+		New: func() caddy.Module { return new(LLMSimulator) },
+	}
+}
+
+// Provision builds the simulator.
+func (s *LLMSimulator) Provision(caddy.Context) error {
+	s.sim = simulator.New(simulator.Config{
+		ChunkInterval: durationOr(s.ChunkInterval, defaultSimInterval),
+		Chunks:        s.Chunks,
+		Model:         s.Model,
+	})
+	return nil
+}
+
+// ServeHTTP answers as an OpenAI-compatible upstream would.
+func (s *LLMSimulator) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	s.sim.ServeHTTP(w, r)
+	return nil
+}
+
+func parseLLMSimulator(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	s := new(LLMSimulator)
+	err := s.UnmarshalCaddyfile(h.Dispenser)
+	return s, err
+}
+
+// UnmarshalCaddyfile sets up the simulator from Caddyfile tokens. Syntax:
+//
+//	llm_simulator [<matcher>] {
+//		chunk_interval <duration>
+//		chunks <n>
+//		model <name>
+//	}
+func (s *LLMSimulator) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("duplicate subdirective %q", name)
+		}
+		seen[name] = true
+		switch name {
+		case "chunk_interval":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			s.ChunkInterval = &dur
+		case "chunks":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("bad chunks %q: want a positive whole number", v)
+			}
+			s.Chunks = n
+		case "model":
+			if err := oneArg(d, &s.Model); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unknown subdirective %q", name)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*LLMSimulator)(nil)
+	_ caddyhttp.MiddlewareHandler = (*LLMSimulator)(nil)
+	_ caddyfile.Unmarshaler       = (*LLMSimulator)(nil)
+)

@@ -1,0 +1,358 @@
+package frame
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/llmstream/caddy-llmstream/chunk"
+)
+
+// ErrAbort is returned by Fail in the text framing, which has no way to
+// signal an error in-band: the caller must abort the response so the client
+// sees a broken body rather than a clean end.
+var ErrAbort = errors.New("text framing cannot carry an error: abort the response")
+
+var errClosed = errors.New("stream writer closed")
+
+// DownstreamError wraps a failure to write or flush to the client, so callers
+// can tell a client that left apart from an upstream that failed.
+type DownstreamError struct{ Err error }
+
+func (e *DownstreamError) Error() string { return "writing to client: " + e.Err.Error() }
+func (e *DownstreamError) Unwrap() error { return e.Err }
+
+// Writer writes one streamed completion to a client in one framing. Every
+// method writes whole frames and flushes them before returning. Heartbeats
+// come from a timer goroutine, so the writing methods hold a lock; otherwise
+// a Writer belongs to one goroutine.
+type Writer struct {
+	mu     sync.Mutex
+	beat   *time.Timer
+	every  time.Duration
+	closed bool
+
+	w     io.Writer
+	flush func() error
+	f     Format
+
+	// IncludeUsage relays the usage-only chunk in the openai framing; the
+	// proxy always asks the upstream for usage, but a client that did not ask
+	// must not see a chunk with no choices, which some clients choke on.
+	IncludeUsage bool
+	// StreamID, in the sse framing, is sent as the event ID before the first
+	// event so that an EventSource that reconnects after the end presents it
+	// as Last-Event-ID and can be told to stop instead of starting over.
+	StreamID string
+
+	buf     []byte
+	started bool
+
+	// What the done event reports, gathered from the chunks.
+	finish string
+	usage  []byte
+	model  string
+	// Wrote tells whether any content, reasoning or tool call has reached
+	// the client.
+	wrote bool
+}
+
+// NewWriter returns a Writer that writes to w and calls flush after each frame.
+func NewWriter(w io.Writer, flush func() error, f Format) *Writer {
+	return &Writer{w: w, flush: flush, f: f, buf: make([]byte, 0, 512)}
+}
+
+// Format is the framing this Writer writes.
+func (fw *Writer) Format() Format { return fw.f }
+
+// WroteDelta reports whether any content, reasoning or tool call reached the client.
+func (fw *Writer) WroteDelta() bool { return fw.wrote }
+
+// FinishReason is the finish_reason seen so far ("" if none).
+func (fw *Writer) FinishReason() string { return fw.finish }
+
+// Usage is the usage object seen so far (nil if none).
+func (fw *Writer) Usage() []byte { return fw.usage }
+
+// Model is the model named by the upstream's chunks.
+func (fw *Writer) Model() string { return fw.model }
+
+// Start writes what opens the stream: the event ID in the sse framing. It
+// is safe to call more than once.
+func (fw *Writer) Start() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.start()
+}
+
+func (fw *Writer) start() error {
+	if fw.started {
+		return nil
+	}
+	fw.started = true
+	if fw.f != SSE || fw.StreamID == "" {
+		if err := fw.flush(); err != nil {
+			return &DownstreamError{err}
+		}
+		return nil
+	}
+	b := append(fw.buf[:0], "id: "...)
+	b = append(b, fw.StreamID...)
+	b = append(b, "\n\n"...)
+	return fw.send(b)
+}
+
+// Chunk writes one chunk if it carries anything for this framing, and
+// flushes. It records the finish reason, usage and model for Done.
+func (fw *Writer) Chunk(c *chunk.Chunk) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if c.FinishReason != "" {
+		fw.finish = c.FinishReason
+	}
+	if c.Usage != nil {
+		fw.usage = append(fw.usage[:0], c.Usage...)
+	}
+	if c.Model != "" && c.Model != fw.model {
+		fw.model = c.Model
+	}
+	if c.HasDelta() {
+		fw.wrote = true
+	}
+	if err := fw.start(); err != nil {
+		return err
+	}
+
+	b := fw.buf[:0]
+	switch fw.f {
+	case OpenAI:
+		if !c.HasChoices && c.Usage != nil && !fw.IncludeUsage {
+			return nil
+		}
+		b = appendData(b, c.Raw)
+	case SSE, NDJSON:
+		if !c.HasDelta() {
+			return nil
+		}
+		if fw.f == SSE {
+			b = append(b, "data: "...)
+		}
+		b = append(b, '{')
+		b = appendField(b, "content", c.Content)
+		b = appendField(b, "reasoning", c.Reasoning)
+		b = appendField(b, "tool_calls", c.ToolCalls)
+		b = append(b, '}')
+		if fw.f == SSE {
+			b = append(b, "\n\n"...)
+		} else {
+			b = append(b, '\n')
+		}
+	case Text:
+		if c.Content == nil {
+			return nil
+		}
+		var err error
+		if b, err = appendUnquoted(b, c.Content); err != nil {
+			return err
+		}
+	}
+	fw.buf = b
+	return fw.send(b)
+}
+
+// Done writes the framing's end of a stream that finished properly.
+func (fw *Writer) Done() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if err := fw.start(); err != nil {
+		return err
+	}
+	b := fw.buf[:0]
+	switch fw.f {
+	case OpenAI:
+		b = append(b, "data: [DONE]\n\n"...)
+	case SSE:
+		b = append(b, "event: done\ndata: "...)
+		b = fw.appendSummary(b, false)
+		b = append(b, "\n\n"...)
+	case NDJSON:
+		b = fw.appendSummary(b, true)
+		b = append(b, '\n')
+	case Text:
+		return nil
+	}
+	fw.buf = b
+	return fw.send(b)
+}
+
+// Fail writes the framing's error signal. In the text framing it writes
+// nothing and returns ErrAbort: the caller must break the response.
+func (fw *Writer) Fail(e *chunk.Error) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.f == Text {
+		return ErrAbort
+	}
+	if err := fw.start(); err != nil {
+		return err
+	}
+	b := fw.buf[:0]
+	switch fw.f {
+	case OpenAI:
+		b = appendData(b, e.MarshalBody())
+	case SSE:
+		b = append(b, "event: error\ndata: "...)
+		b = append(b, e.MarshalBody()...)
+		b = append(b, "\n\n"...)
+	case NDJSON:
+		b = append(b, e.MarshalBody()...)
+		b = append(b, '\n')
+	}
+	fw.buf = b
+	return fw.send(b)
+}
+
+// Heartbeat writes a keepalive that clients ignore: an SSE comment, or an
+// empty line in NDJSON (which NDJSON readers skip). Plain text has no such
+// thing, so there it writes nothing.
+func (fw *Writer) Heartbeat() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.heartbeat()
+}
+
+func (fw *Writer) heartbeat() error {
+	if fw.closed {
+		return nil
+	}
+	switch fw.f {
+	case OpenAI, SSE:
+		return fw.send(append(fw.buf[:0], ": keepalive\n\n"...))
+	case NDJSON:
+		return fw.send(append(fw.buf[:0], '\n'))
+	}
+	return nil
+}
+
+// KeepAlive sends a heartbeat whenever nothing was sent for d, until
+// Close. d <= 0 or the text framing turns it off.
+func (fw *Writer) KeepAlive(d time.Duration) {
+	if d <= 0 || fw.f == Text {
+		return
+	}
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	fw.every = d
+	fw.beat = time.AfterFunc(d, func() {
+		fw.mu.Lock()
+		defer fw.mu.Unlock()
+		if fw.closed {
+			return
+		}
+		// A failed heartbeat means the client left; the request's context
+		// tells the streaming loop, so the error needs no other path.
+		_ = fw.heartbeat()
+	})
+}
+
+// Close stops heartbeats. Nothing is written after it.
+func (fw *Writer) Close() {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	fw.closed = true
+	if fw.beat != nil {
+		fw.beat.Stop()
+	}
+}
+
+func (fw *Writer) send(b []byte) error {
+	if fw.closed {
+		return &DownstreamError{errClosed}
+	}
+	if fw.beat != nil {
+		fw.beat.Reset(fw.every)
+	}
+	if _, err := fw.w.Write(b); err != nil {
+		return &DownstreamError{err}
+	}
+	if err := fw.flush(); err != nil {
+		return &DownstreamError{err}
+	}
+	return nil
+}
+
+// appendSummary appends {"finish_reason":..,"usage":..,"model":..}, with
+// "done":true first in the ndjson framing.
+func (fw *Writer) appendSummary(b []byte, done bool) []byte {
+	b = append(b, '{')
+	if done {
+		b = append(b, `"done":true,`...)
+	}
+	b = append(b, `"finish_reason":`...)
+	if fw.finish == "" {
+		b = append(b, "null"...)
+	} else {
+		b = strconv.AppendQuote(b, fw.finish) // finish reasons are plain ASCII words
+	}
+	b = append(b, `,"usage":`...)
+	if fw.usage == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, fw.usage...)
+	}
+	b = append(b, `,"model":`...)
+	mb, _ := json.Marshal(fw.model)
+	b = append(b, mb...)
+	return append(b, '}')
+}
+
+// appendData appends one SSE event carrying JSON data. JSON may legally
+// contain raw line breaks between tokens; those would split the event, so
+// such data is compacted first.
+func appendData(b, data []byte) []byte {
+	b = append(b, "data: "...)
+	if bytes.ContainsAny(data, "\r\n") {
+		var cb bytes.Buffer
+		if json.Compact(&cb, data) == nil {
+			data = cb.Bytes()
+		} else {
+			// Not JSON: send each line as its own data line, which SSE
+			// clients join back with "\n".
+			data = bytes.ReplaceAll(bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
+			data = bytes.ReplaceAll(data, []byte("\n"), []byte("\ndata: "))
+		}
+	}
+	b = append(b, data...)
+	return append(b, "\n\n"...)
+}
+
+// appendField appends "name":value to a JSON object being built, with a
+// comma if the object already has a field.
+func appendField(b []byte, name string, value json.RawMessage) []byte {
+	if value == nil {
+		return b
+	}
+	if b[len(b)-1] != '{' {
+		b = append(b, ',')
+	}
+	b = append(b, '"')
+	b = append(b, name...)
+	b = append(b, `":`...)
+	return append(b, value...)
+}
+
+// appendUnquoted appends the text of a JSON string token.
+func appendUnquoted(b []byte, tok json.RawMessage) ([]byte, error) {
+	if len(tok) >= 2 && tok[0] == '"' && bytes.IndexByte(tok, '\\') < 0 {
+		return append(b, tok[1:len(tok)-1]...), nil
+	}
+	var s string
+	if err := json.Unmarshal(tok, &s); err != nil {
+		return b, err
+	}
+	return append(b, s...), nil
+}

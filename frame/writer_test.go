@@ -1,0 +1,288 @@
+package frame
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmstream/caddy-llmstream/chunk"
+)
+
+// recorder counts flushes and checks each write is followed by one.
+type recorder struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	writes  int
+	flushes int
+	fail    error
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail != nil {
+		return 0, r.fail
+	}
+	r.writes++
+	return r.buf.Write(p)
+}
+
+func (r *recorder) Flush() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.flushes++
+	return nil
+}
+
+func (r *recorder) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.String()
+}
+
+func raw(s string) json.RawMessage { return json.RawMessage(s) }
+
+var stream = []chunk.Chunk{
+	{Raw: []byte(`{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}`), HasChoices: true, Model: "m"},
+	{Raw: []byte(`{"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}`), HasChoices: true, Reasoning: raw(`"think"`)},
+	{Raw: []byte(`{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`), HasChoices: true, Content: raw(`"Hel"`)},
+	{Raw: []byte(`{"choices":[{"index":0,"delta":{"content":"lo \"流\"\n"}}]}`), HasChoices: true, Content: raw(`"lo \"流\"\n"`)},
+	{Raw: []byte(`{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}`), HasChoices: true, ToolCalls: raw(`[{"index":0}]`)},
+	{Raw: []byte(`{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`), HasChoices: true, FinishReason: "stop"},
+	{Raw: []byte(`{"choices":[],"usage":{"total_tokens":3}}`), Usage: raw(`{"total_tokens":3}`)},
+}
+
+func TestWriterFramings(t *testing.T) {
+	tests := []struct {
+		format       Format
+		includeUsage bool
+		want         string
+	}{
+		{OpenAI, false, `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}
+
+data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}
+
+data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}
+
+data: {"choices":[{"index":0,"delta":{"content":"lo \"流\"\n"}}]}
+
+data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}
+
+data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+data: [DONE]
+
+`},
+		{OpenAI, true, `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}
+
+data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}
+
+data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}
+
+data: {"choices":[{"index":0,"delta":{"content":"lo \"流\"\n"}}]}
+
+data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}
+
+data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+data: {"choices":[],"usage":{"total_tokens":3}}
+
+data: [DONE]
+
+`},
+		{SSE, false, `id: s1
+
+data: {"reasoning":"think"}
+
+data: {"content":"Hel"}
+
+data: {"content":"lo \"流\"\n"}
+
+data: {"tool_calls":[{"index":0}]}
+
+event: done
+data: {"finish_reason":"stop","usage":{"total_tokens":3},"model":"m"}
+
+`},
+		{NDJSON, false, `{"reasoning":"think"}
+{"content":"Hel"}
+{"content":"lo \"流\"\n"}
+{"tool_calls":[{"index":0}]}
+{"done":true,"finish_reason":"stop","usage":{"total_tokens":3},"model":"m"}
+`},
+		{Text, false, "Hello \"流\"\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.format.String(), func(t *testing.T) {
+			rec := &recorder{}
+			fw := NewWriter(rec, rec.Flush, tt.format)
+			fw.IncludeUsage = tt.includeUsage
+			fw.StreamID = "s1"
+			if err := fw.Start(); err != nil {
+				t.Fatal(err)
+			}
+			for i := range stream {
+				if err := fw.Chunk(&stream[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := fw.Done(); err != nil {
+				t.Fatal(err)
+			}
+			if got := rec.String(); got != tt.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+			if rec.flushes < rec.writes {
+				t.Errorf("%d writes but %d flushes: every frame must be flushed", rec.writes, rec.flushes)
+			}
+			if !fw.WroteDelta() {
+				t.Error("WroteDelta false after content")
+			}
+		})
+	}
+}
+
+func TestWriterFail(t *testing.T) {
+	e := &chunk.Error{Message: "boom", Type: "server_error"}
+	tests := []struct {
+		format Format
+		want   string
+	}{
+		{OpenAI, "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n"},
+		{SSE, "event: error\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n"},
+		{NDJSON, "{\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n"},
+	}
+	for _, tt := range tests {
+		rec := &recorder{}
+		fw := NewWriter(rec, rec.Flush, tt.format)
+		if err := fw.Fail(e); err != nil {
+			t.Fatal(err)
+		}
+		if got := rec.String(); got != tt.want {
+			t.Errorf("%s: got %q want %q", tt.format, got, tt.want)
+		}
+		if strings.Contains(rec.String(), "[DONE]") || strings.Contains(rec.String(), "done") {
+			t.Errorf("%s: error signal looks like an end", tt.format)
+		}
+	}
+	rec := &recorder{}
+	if err := NewWriter(rec, rec.Flush, Text).Fail(e); !errors.Is(err, ErrAbort) {
+		t.Errorf("text framing Fail = %v, want ErrAbort", err)
+	}
+}
+
+func TestWriterCompactsMultilineJSON(t *testing.T) {
+	rec := &recorder{}
+	fw := NewWriter(rec, rec.Flush, OpenAI)
+	c := chunk.Chunk{Raw: []byte("{\n \"choices\": [\r\n]}"), HasChoices: true}
+	if err := fw.Chunk(&c); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rec.String(), "data: {\"choices\":[]}\n\n"; got != want {
+		t.Errorf("got %q want %q", got, want)
+	}
+}
+
+func TestWriterDownstreamError(t *testing.T) {
+	rec := &recorder{fail: errors.New("broken pipe")}
+	fw := NewWriter(rec, rec.Flush, SSE)
+	err := fw.Chunk(&stream[2])
+	var de *DownstreamError
+	if !errors.As(err, &de) {
+		t.Fatalf("got %v, want a DownstreamError", err)
+	}
+}
+
+func TestHeartbeat(t *testing.T) {
+	for _, f := range []Format{OpenAI, SSE, NDJSON} {
+		rec := &recorder{}
+		fw := NewWriter(rec, rec.Flush, f)
+		fw.KeepAlive(5 * time.Millisecond)
+		deadline := time.Now().Add(5 * time.Second)
+		for strings.Count(rec.String(), "\n") < 4 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		fw.Close()
+		got := rec.String()
+		n := len(got)
+		time.Sleep(20 * time.Millisecond)
+		if rec.String() != got[:n] {
+			t.Errorf("%s: heartbeat after Close", f)
+		}
+		want := ": keepalive\n\n"
+		if f == NDJSON {
+			want = "\n"
+		}
+		if got == "" || strings.ReplaceAll(got, want, "") != "" {
+			t.Errorf("%s: heartbeats %q, want repeats of %q", f, got, want)
+		}
+	}
+	// Text has no in-band keepalive.
+	rec := &recorder{}
+	fw := NewWriter(rec, rec.Flush, Text)
+	fw.KeepAlive(time.Millisecond)
+	time.Sleep(10 * time.Millisecond)
+	fw.Close()
+	if rec.String() != "" {
+		t.Errorf("text heartbeat wrote %q", rec.String())
+	}
+}
+
+func TestNegotiate(t *testing.T) {
+	tests := []struct {
+		query, accept string
+		def           Format
+		want          Format
+		err           bool
+	}{
+		{"", "", OpenAI, OpenAI, false},
+		{"sse", "application/x-ndjson", OpenAI, SSE, false},
+		{"ndjson", "", OpenAI, NDJSON, false},
+		{"bogus", "", OpenAI, 0, true},
+		{"", "application/x-ndjson", OpenAI, NDJSON, false},
+		{"", "text/plain", SSE, Text, false},
+		{"", "text/event-stream", SSE, SSE, false},
+		{"", "text/event-stream", OpenAI, OpenAI, false},
+		{"", "text/event-stream", NDJSON, SSE, false},
+		{"", "application/json, text/plain;q=0.5", OpenAI, Text, false},
+		{"", "*/*", NDJSON, NDJSON, false},
+	}
+	for _, tt := range tests {
+		got, err := Negotiate(tt.query, tt.accept, tt.def)
+		if (err != nil) != tt.err || (!tt.err && got != tt.want) {
+			t.Errorf("Negotiate(%q, %q, %s) = %s, %v; want %s, err %v", tt.query, tt.accept, tt.def, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestSetHeaders(t *testing.T) {
+	h := http.Header{}
+	SetHeaders(h, NDJSON)
+	if h.Get("Content-Type") != "application/x-ndjson" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" {
+		t.Errorf("headers %v", h)
+	}
+}
+
+func BenchmarkWriterChunk(b *testing.B) {
+	c := stream[2]
+	for _, f := range []Format{OpenAI, SSE, NDJSON, Text} {
+		b.Run(f.String(), func(b *testing.B) {
+			fw := NewWriter(discard{}, func() error { return nil }, f)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := fw.Chunk(&c); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,0 +1,344 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/llmstream/caddy-llmstream/chunk"
+)
+
+// Why a stream was cut by the proxy's own timers. They are the causes of the
+// upstream request's context, so reads that fail because of them say so.
+var (
+	ErrFirstChunkTimeout = errors.New("no first chunk from the upstream in time")
+	ErrIdleTimeout       = errors.New("upstream sent nothing for too long")
+	ErrTotalTimeout      = errors.New("stream exceeded its total time limit")
+)
+
+// Client sends chat-completions requests to one OpenAI-compatible upstream.
+type Client struct {
+	HTTP    *http.Client
+	BaseURL string // e.g. https://api.openai.com/v1
+	APIKey  string
+	Header  http.Header // extra headers (header_up)
+
+	FirstChunk time.Duration // 0: no limit
+	Idle       time.Duration // 0: no limit
+	Total      time.Duration // 0: no limit
+	MaxLine    int           // longest event or line accepted from the upstream
+}
+
+// NewTransport returns the transport for upstream connections. It does not
+// ask for compression: a compressed event stream only adds latency.
+func NewTransport(dial time.Duration) *http.Transport {
+	d := &net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           d.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   dial,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+	}
+}
+
+// Open sends req and returns the upstream's answer once its status and
+// headers arrived with a success status. Failures are *chunk.Error values
+// with the status the client should get.
+func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
+	ctx, cancel := context.WithCancelCause(parent)
+	s := &Stream{cancel: cancel, ctx: ctx, idle: c.Idle}
+	if c.Total > 0 {
+		s.total = time.AfterFunc(c.Total, func() { cancel(ErrTotalTimeout) })
+	}
+	if c.FirstChunk > 0 {
+		s.watch = time.AfterFunc(c.FirstChunk, func() { cancel(ErrFirstChunkTimeout) })
+	} else if c.Idle > 0 {
+		s.watch = time.AfterFunc(c.Idle, func() { cancel(ErrIdleTimeout) })
+		s.first = true
+	}
+
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.BaseURL, "/")+"/chat/completions", bytes.NewReader(req.Body))
+	if err != nil {
+		s.Close()
+		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeServer, Message: "building upstream request failed"}
+	}
+	for k, v := range c.Header {
+		hr.Header[k] = v
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	if req.Stream {
+		hr.Header.Set("Accept", "text/event-stream")
+	} else {
+		hr.Header.Set("Accept", "application/json")
+	}
+	if c.APIKey != "" {
+		hr.Header.Set("Authorization", "Bearer "+c.APIKey)
+	}
+
+	resp, err := c.HTTP.Do(hr)
+	if err != nil {
+		cause := s.cause()
+		s.Close()
+		if errors.Is(cause, ErrFirstChunkTimeout) || errors.Is(cause, ErrTotalTimeout) {
+			return nil, &chunk.Error{Status: http.StatusGatewayTimeout, Type: chunk.TypeTimeout, Message: cause.Error()}
+		}
+		if parent.Err() != nil {
+			return nil, parent.Err() // the client left; nothing to tell it
+		}
+		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "upstream unreachable"}
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		e := c.statusError(resp)
+		s.Close()
+		return nil, e
+	}
+	s.resp = resp
+	s.body = &watchedBody{r: resp.Body, s: s}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	s.plain = mt == "application/json"
+	s.events = NewEventReader(s.body, c.MaxLine)
+	s.maxLine = c.MaxLine
+	return s, nil
+}
+
+// statusError maps an upstream failure status to what the client gets: the
+// upstream's own message for request errors it can fix, a 502 for the server's
+// credentials and the upstream's own failures.
+func (c *Client) statusError(resp *http.Response) *chunk.Error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	e := &chunk.Error{}
+	var wrapped struct {
+		Error json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(body, &wrapped) == nil && isSet(wrapped.Error) {
+		e = parseError(wrapped.Error)
+	}
+	code := resp.StatusCode
+	switch {
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		// The server's key is wrong, not the client's fault; the upstream's
+		// message may quote the key, so it is not passed on.
+		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream,
+			Message: "upstream rejected the server's credentials (status " + strconv.Itoa(code) + ")"}
+	case code == http.StatusTooManyRequests:
+		e.Status = code
+		e.RetryAfter = resp.Header.Get("Retry-After")
+		if e.Type == chunk.TypeUpstream || e.Type == "" {
+			e.Type = chunk.TypeRateLimit
+		}
+		if e.Message == "" || e.Message == "upstream reported an error" {
+			e.Message = "upstream rate limit reached"
+		}
+	case code >= 400 && code < 500:
+		e.Status = code
+		if e.Message == "" {
+			e.Message = "upstream refused the request (status " + strconv.Itoa(code) + ")"
+		}
+		if e.Type == "" || e.Type == chunk.TypeUpstream {
+			e.Type = chunk.TypeInvalidRequest
+		}
+	default:
+		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream,
+			Message: "upstream failed (status " + strconv.Itoa(code) + ")"}
+	}
+	e.Message = c.redact(e.Message)
+	return e
+}
+
+// redact removes the server's key from text that came from the upstream.
+func (c *Client) redact(s string) string {
+	if c.APIKey == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, c.APIKey, "[redacted]")
+}
+
+// Stream is an upstream's streamed answer being decoded.
+type Stream struct {
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	resp    *http.Response
+	body    *watchedBody
+	events  *EventReader
+	plain   bool // the upstream ignored "stream" and sent one JSON body
+	maxLine int
+
+	mu       sync.Mutex
+	watch    *time.Timer // first-chunk, then idle timer
+	total    *time.Timer
+	idle     time.Duration
+	first    bool // a first chunk has arrived
+	finished bool // a finish reason has arrived
+	ended    bool
+}
+
+// Header is the upstream response's header.
+func (s *Stream) Header() http.Header { return s.resp.Header }
+
+// Body is the raw response body, for relaying a non-streamed answer.
+func (s *Stream) Body() io.Reader { return s.body }
+
+// Next decodes the next chunk into c. It returns io.EOF when the upstream
+// finished properly: "[DONE]", or the end of the body after a finish reason
+// (some servers omit "[DONE]"). An upstream error event is returned as a
+// *chunk.Error. Any other error means the stream broke.
+func (s *Stream) Next(c *chunk.Chunk) error {
+	c.Reset()
+	if s.ended {
+		return io.EOF
+	}
+	if s.plain {
+		return s.nextPlain(c)
+	}
+	for {
+		ev, err := s.events.Next()
+		if err != nil {
+			if err == io.EOF {
+				if s.finished {
+					s.ended = true
+					return io.EOF
+				}
+				// The body ended cleanly between events, yet the
+				// completion never finished: that is no proper end.
+				err = io.ErrUnexpectedEOF
+			}
+			return s.readError(err)
+		}
+		if bytes.Equal(ev.Data, doneData) {
+			s.ended = true
+			return io.EOF
+		}
+		s.arrived()
+		if err := ParseChunk(ev.Data, c); err != nil {
+			return err
+		}
+		if c.Err != nil {
+			return c.Err
+		}
+		if c.FinishReason != "" {
+			s.finished = true
+		}
+		return nil
+	}
+}
+
+var doneData = []byte("[DONE]")
+
+// nextPlain turns a whole chat.completion body into one chunk.
+func (s *Stream) nextPlain(c *chunk.Chunk) error {
+	limit := int64(s.maxLine)
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	body, err := io.ReadAll(io.LimitReader(s.body, limit+1))
+	if err != nil {
+		return s.readError(err)
+	}
+	if int64(len(body)) > limit {
+		return ErrLineTooLong
+	}
+	s.ended = true
+	s.arrived()
+	if err := ParseChunk(body, c); err != nil {
+		return err
+	}
+	if c.Err != nil {
+		return c.Err
+	}
+	return nil
+}
+
+// readError says why a read failed: one of the proxy's timers, or the upstream.
+func (s *Stream) readError(err error) error {
+	if cause := s.cause(); cause != nil {
+		return cause
+	}
+	return err
+}
+
+// cause is the reason the stream's context ended, nil if it has not.
+func (s *Stream) cause() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(s.ctx)
+}
+
+// arrived moves the watchdog from the first-chunk limit to the idle limit.
+func (s *Stream) arrived() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.first {
+		return
+	}
+	s.first = true
+	if s.watch != nil {
+		s.watch.Stop()
+		s.watch = nil
+	}
+	if s.idle > 0 {
+		s.watch = time.AfterFunc(s.idle, func() { s.cancel(ErrIdleTimeout) })
+	}
+}
+
+// activity restarts the idle timer: any bytes from the upstream, comments
+// included, show it is alive (reasoning models may think for minutes behind
+// keepalive comments).
+func (s *Stream) activity() {
+	s.mu.Lock()
+	if s.first && s.watch != nil {
+		s.watch.Reset(s.idle)
+	}
+	s.mu.Unlock()
+}
+
+// Close releases the upstream connection and stops the timers. It is safe to
+// call more than once.
+func (s *Stream) Close() {
+	s.mu.Lock()
+	if s.watch != nil {
+		s.watch.Stop()
+	}
+	if s.total != nil {
+		s.total.Stop()
+	}
+	s.mu.Unlock()
+	s.cancel(context.Canceled)
+	if s.resp != nil {
+		s.resp.Body.Close()
+	}
+}
+
+// watchedBody reports every successful read to the stream's idle timer.
+type watchedBody struct {
+	r io.Reader
+	s *Stream
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		b.s.activity()
+	}
+	return n, err
+}
+
+// String describes the client for logs; it never includes the key.
+func (c *Client) String() string {
+	return fmt.Sprintf("upstream %s", c.BaseURL)
+}

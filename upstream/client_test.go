@@ -1,0 +1,259 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmstream/caddy-llmstream/chunk"
+)
+
+// serve starts a test upstream whose /chat/completions runs h.
+func serve(t *testing.T, h http.HandlerFunc) *Client {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	tr := NewTransport(time.Second)
+	t.Cleanup(tr.CloseIdleConnections)
+	return &Client{HTTP: &http.Client{Transport: tr}, BaseURL: srv.URL + "/v1", APIKey: "sk-secret-key"}
+}
+
+func TestOpenSendsRequest(t *testing.T) {
+	var got *http.Request
+	var body string
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		got = r
+		b, _ := io.ReadAll(r.Body)
+		body = string(b)
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: [DONE]\n\n")
+	})
+	c.Header = http.Header{"Openai-Organization": {"org-1"}}
+	req, _ := FromPrompt("hi", "m")
+	s, err := c.Open(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var ch chunk.Chunk
+	if err := s.Next(&ch); err != io.EOF {
+		t.Fatalf("Next = %v, want EOF at [DONE]", err)
+	}
+	if got.URL.Path != "/v1/chat/completions" || got.Method != http.MethodPost {
+		t.Errorf("request %s %s", got.Method, got.URL.Path)
+	}
+	if got.Header.Get("Authorization") != "Bearer sk-secret-key" || got.Header.Get("OpenAI-Organization") != "org-1" ||
+		got.Header.Get("Accept") != "text/event-stream" || got.Header.Get("Accept-Encoding") != "" {
+		t.Errorf("headers %v", got.Header)
+	}
+	if body != string(req.Body) {
+		t.Errorf("body %s", body)
+	}
+}
+
+func TestOpenStatusMapping(t *testing.T) {
+	tests := []struct {
+		status     int
+		body       string
+		wantStatus int
+		wantType   string
+		wantMsg    string
+	}{
+		{400, `{"error":{"message":"bad temperature","type":"invalid_request_error"}}`, 400, "invalid_request_error", "bad temperature"},
+		{404, `{"error":{"message":"model nope does not exist","type":"invalid_request_error","code":"model_not_found"}}`, 404, "invalid_request_error", "model nope does not exist"},
+		{422, `not json`, 422, "invalid_request_error", "upstream refused the request (status 422)"},
+		{429, `{"error":{"message":"slow down","type":"requests"}}`, 429, "requests", "slow down"},
+		{429, ``, 429, "rate_limit_exceeded", "upstream rate limit reached"},
+		{401, `{"error":{"message":"Incorrect API key provided: sk-secret-key"}}`, 502, "upstream_error", "upstream rejected the server's credentials (status 401)"},
+		{403, ``, 502, "upstream_error", "upstream rejected the server's credentials (status 403)"},
+		{500, `{"error":{"message":"internal"}}`, 502, "upstream_error", "upstream failed (status 500)"},
+		{503, ``, 502, "upstream_error", "upstream failed (status 503)"},
+		{400, `{"error":{"message":"your key sk-secret-key is odd"}}`, 400, "invalid_request_error", "your key [redacted] is odd"},
+	}
+	for _, tt := range tests {
+		c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Retry-After", "7")
+			w.WriteHeader(tt.status)
+			io.WriteString(w, tt.body)
+		})
+		req, _ := FromPrompt("hi", "")
+		_, err := c.Open(context.Background(), req)
+		var e *chunk.Error
+		if !errors.As(err, &e) {
+			t.Fatalf("%d: err %v", tt.status, err)
+		}
+		if e.Status != tt.wantStatus || e.Type != tt.wantType || e.Message != tt.wantMsg {
+			t.Errorf("%d %s: got %d %q %q", tt.status, tt.body, e.Status, e.Type, e.Message)
+		}
+		if (tt.status == 429) != (e.RetryAfter == "7") {
+			t.Errorf("%d: Retry-After %q", tt.status, e.RetryAfter)
+		}
+		if strings.Contains(string(e.MarshalBody()), "sk-secret-key") {
+			t.Errorf("%d: key leaked: %s", tt.status, e.MarshalBody())
+		}
+	}
+}
+
+func TestOpenUnreachable(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	c := &Client{HTTP: http.DefaultClient, BaseURL: url}
+	req, _ := FromPrompt("hi", "")
+	_, err := c.Open(context.Background(), req)
+	var e *chunk.Error
+	if !errors.As(err, &e) || e.Status != http.StatusBadGateway || strings.Contains(e.Message, "127.0.0.1") {
+		t.Errorf("got %v (status %d)", err, e.Status)
+	}
+}
+
+func TestFirstChunkTimeout(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	c.FirstChunk = 50 * time.Millisecond
+	req, _ := FromPrompt("hi", "")
+	_, err := c.Open(context.Background(), req)
+	var e *chunk.Error
+	if !errors.As(err, &e) || e.Status != http.StatusGatewayTimeout || e.Type != chunk.TypeTimeout {
+		t.Fatalf("headers never came: got %v", err)
+	}
+
+	// Headers but no chunk: the timer still runs and ends the stream.
+	c2 := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		io.WriteString(w, ": comments do not count\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	c2.FirstChunk = 50 * time.Millisecond
+	s, err := c2.Open(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var ch chunk.Chunk
+	if err := s.Next(&ch); !errors.Is(err, ErrFirstChunkTimeout) {
+		t.Fatalf("got %v, want ErrFirstChunkTimeout", err)
+	}
+}
+
+func TestIdleTimeoutResetByActivity(t *testing.T) {
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		f := w.(http.Flusher)
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"a"}}]}`+"\n\n")
+		f.Flush()
+		// Keepalive comments every 20ms for 150ms keep an idle limit of
+		// 80ms from firing; then silence.
+		for i := 0; i < 7; i++ {
+			time.Sleep(20 * time.Millisecond)
+			io.WriteString(w, ": ping\n\n")
+			f.Flush()
+		}
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"b"}}]}`+"\n\n")
+		f.Flush()
+		<-r.Context().Done()
+	})
+	c.Idle = 80 * time.Millisecond
+	req, _ := FromPrompt("hi", "")
+	s, err := c.Open(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var ch chunk.Chunk
+	for _, want := range []string{`"a"`, `"b"`} {
+		if err := s.Next(&ch); err != nil || string(ch.Content) != want {
+			t.Fatalf("Next = %v %s, want %s", err, ch.Content, want)
+		}
+	}
+	if err := s.Next(&ch); !errors.Is(err, ErrIdleTimeout) {
+		t.Fatalf("got %v, want ErrIdleTimeout", err)
+	}
+}
+
+func TestStreamEnds(t *testing.T) {
+	const a = `data: {"choices":[{"index":0,"delta":{"content":"a"}}]}` + "\n\n"
+	const fin = `data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}` + "\n\n"
+	tests := []struct {
+		name, ct, body string
+		want           []string // contents, then the final error text ("EOF" for a proper end)
+	}{
+		{"done", "text/event-stream", a + fin + "data: [DONE]\n\n", []string{`"a"`, ``, "EOF"}},
+		{"finish without done", "text/event-stream", a + fin, []string{`"a"`, ``, "EOF"}},
+		{"cut short", "text/event-stream", a, []string{`"a"`, "unexpected EOF"}},
+		{"cut mid event", "text/event-stream", a + `data: {"cho`, []string{`"a"`, "unexpected EOF"}},
+		{"error event", "text/event-stream", a + `data: {"error":{"message":"overloaded","type":"server_error"}}` + "\n\n", []string{`"a"`, "server_error: overloaded"}},
+		{"garbage", "text/event-stream", a + "data: {not json\n\n", []string{`"a"`, "decoding upstream chunk"}},
+		{"plain json", "application/json; charset=utf-8", `{"choices":[{"index":0,"message":{"content":"whole"},"finish_reason":"stop"}]}`, []string{`"whole"`, "EOF"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.ct)
+				io.WriteString(w, tt.body)
+			})
+			req, _ := FromPrompt("hi", "")
+			s, err := c.Open(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var ch chunk.Chunk
+			for i, want := range tt.want {
+				err := s.Next(&ch)
+				if i == len(tt.want)-1 {
+					if err == nil || !strings.Contains(err.Error(), want) {
+						t.Fatalf("end = %v, want %q", err, want)
+					}
+					if (want == "EOF") != (err == io.EOF) {
+						t.Fatalf("end = %v: proper end and failure confused", err)
+					}
+					return
+				}
+				if err != nil || string(ch.Content) != want {
+					t.Fatalf("chunk %d = %v %s, want %s", i, err, ch.Content, want)
+				}
+			}
+		})
+	}
+}
+
+func TestClientLeavingCancelsUpstream(t *testing.T) {
+	gone := make(chan struct{})
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		close(gone)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := FromPrompt("hi", "")
+	s, err := c.Open(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cancel()
+	var ch chunk.Chunk
+	if err := s.Next(&ch); err == nil || err == io.EOF {
+		t.Fatalf("Next after cancel = %v", err)
+	}
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("upstream never saw the client leave")
+	}
+}

@@ -1,0 +1,132 @@
+package upstream
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/llmstream/caddy-llmstream/chunk"
+)
+
+// Request is a chat-completions request ready for the upstream.
+type Request struct {
+	// Body is the JSON to send.
+	Body []byte
+	// Stream tells whether the upstream was asked to stream.
+	Stream bool
+	// IncludeUsage tells whether the client itself asked for the usage
+	// chunk; the upstream is always asked for it.
+	IncludeUsage bool
+	// Model is the model the request names ("" if none).
+	Model string
+}
+
+// badRequest is the error for input that must never reach the upstream.
+func badRequest(format string, args ...any) *chunk.Error {
+	return &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Message: fmt.Sprintf(format, args...)}
+}
+
+// FromJSON builds the upstream request from a client's chat-completions body,
+// keeping every field the proxy does not need to change (tools, temperature,
+// response_format, ...). forceStream makes it a streamed request whatever the
+// client said, for the framings that only stream. A body with "prompt" and no
+// "messages" is taken as one user message. defaultModel fills in a missing
+// model.
+func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, error) {
+	var fields map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&fields); err != nil || fields == nil {
+		return nil, badRequest("request body is not a JSON object")
+	}
+	if dec.More() {
+		return nil, badRequest("request body has data after the JSON object")
+	}
+
+	if msgs, ok := fields["messages"]; ok {
+		var list []json.RawMessage
+		if json.Unmarshal(msgs, &list) != nil || len(list) == 0 {
+			return nil, badRequest("messages must be a non-empty array")
+		}
+		delete(fields, "prompt")
+	} else if p, ok := fields["prompt"]; ok {
+		var prompt string
+		if json.Unmarshal(p, &prompt) != nil || prompt == "" {
+			return nil, badRequest("prompt must be a non-empty string")
+		}
+		fields["messages"] = userMessage(prompt)
+		delete(fields, "prompt")
+	} else {
+		return nil, badRequest("request has neither messages nor prompt")
+	}
+
+	req := &Request{}
+	if m, ok := fields["model"]; ok && isSet(m) {
+		if json.Unmarshal(m, &req.Model) != nil {
+			return nil, badRequest("model must be a string")
+		}
+	}
+	if req.Model == "" && defaultModel != "" {
+		req.Model = defaultModel
+		fields["model"] = mustJSON(defaultModel)
+	}
+
+	if s, ok := fields["stream"]; ok && isSet(s) {
+		if json.Unmarshal(s, &req.Stream) != nil {
+			return nil, badRequest("stream must be a boolean")
+		}
+	}
+	if forceStream {
+		req.Stream = true
+	}
+	if req.Stream {
+		fields["stream"] = json.RawMessage("true")
+		opts := map[string]json.RawMessage{}
+		if so, ok := fields["stream_options"]; ok && isSet(so) {
+			if json.Unmarshal(so, &opts) != nil {
+				return nil, badRequest("stream_options must be an object")
+			}
+		}
+		if iu, ok := opts["include_usage"]; ok {
+			_ = json.Unmarshal(iu, &req.IncludeUsage)
+		}
+		opts["include_usage"] = json.RawMessage("true")
+		fields["stream_options"] = mustJSON(opts)
+	}
+
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return nil, badRequest("request body: %v", err)
+	}
+	req.Body = b
+	return req, nil
+}
+
+// FromPrompt builds a streamed request of one user message.
+func FromPrompt(prompt, model string) (*Request, error) {
+	if prompt == "" {
+		return nil, badRequest("missing prompt: pass ?prompt=<text>")
+	}
+	fields := map[string]json.RawMessage{
+		"messages":       userMessage(prompt),
+		"stream":         json.RawMessage("true"),
+		"stream_options": json.RawMessage(`{"include_usage":true}`),
+	}
+	if model != "" {
+		fields["model"] = mustJSON(model)
+	}
+	return &Request{Body: mustJSON(fields), Stream: true, Model: model}, nil
+}
+
+func userMessage(prompt string) json.RawMessage {
+	return mustJSON([]map[string]string{{"role": "user", "content": prompt}})
+}
+
+// mustJSON marshals values that cannot fail to marshal (strings, maps of raw JSON).
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("marshalling %T: %v", v, err))
+	}
+	return b
+}
