@@ -6,6 +6,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"net"
 	"net/http"
 	"os"
@@ -145,4 +149,15 @@ func post(t *testing.T, url, body string, header ...string) *http.Response {
 		req.Header.Set(header[i], header[i+1])
 	}
 	return do(t, req)
+}
+
+// decoder decodes a response body incrementally, as a browser would.
+func decoder(enc string, r io.Reader) (io.Reader, error) {
+	switch enc {
+	case "gzip":
+		return gzip.NewReader(r)
+	case "zstd":
+		return zstd.NewReader(r)
+	}
+	return r, nil
 }

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,7 +73,7 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 		s.first = true
 	}
 
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.BaseURL, "/")+"/chat/completions", bytes.NewReader(req.Body))
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint("chat/completions"), bytes.NewReader(req.Body))
 	if err != nil {
 		s.Close()
 		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeServer, Message: "building upstream request failed"}
@@ -158,6 +159,16 @@ func (c *Client) statusError(resp *http.Response) *chunk.Error {
 	}
 	e.Message = c.redact(e.Message)
 	return e
+}
+
+// endpoint joins the base URL and a path, keeping any query the base URL
+// has (some gateways want ?api-version=).
+func (c *Client) endpoint(path string) string {
+	u, err := url.Parse(c.BaseURL)
+	if err != nil {
+		return strings.TrimSuffix(c.BaseURL, "/") + "/" + path
+	}
+	return u.JoinPath(path).String()
 }
 
 // redact removes the server's key from text that came from the upstream.
