@@ -1,0 +1,86 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files of the adapt tests")
+
+// TestCaddyfileAdapt adapts each testdata/caddyfile_adapt/*.caddyfiletest
+// (a Caddyfile, a line of dashes, the JSON it must become).
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, want, ok := strings.Cut(string(data), "\n----------\n")
+			if !ok {
+				t.Fatal("no ---------- separator")
+			}
+			if *update {
+				out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(in), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var pretty bytes.Buffer
+				if err := json.Indent(&pretty, out, "", "\t"); err != nil {
+					t.Fatal(err)
+				}
+				os.WriteFile(f, []byte(in+"\n----------\n"+pretty.String()+"\n"), 0o644)
+				return
+			}
+			caddytest.CompareAdapt(t, f, in, "caddyfile", want)
+		})
+	}
+}
+
+// TestCaddyfileErrors checks that bad Caddyfiles fail to adapt with an error
+// that says what is wrong and where.
+func TestCaddyfileErrors(t *testing.T) {
+	tests := []struct{ name, block, want string }{
+		{"unknown subdirective", "llm_proxy {\n\tto http://x/v1\n\tbogus 1\n}", `unknown subdirective "bogus"`},
+		{"duplicate subdirective", "llm_proxy {\n\tto http://x/v1\n\tmodel a\n\tmodel b\n}", `duplicate subdirective "model"`},
+		{"to twice", "llm_proxy http://x/v1 {\n\tto http://y/v1\n}", "upstream given twice"},
+		{"missing arg", "llm_proxy {\n\tto\n}", "wrong argument count"},
+		{"extra arg", "llm_proxy {\n\tapi_key a b\n}", "wrong argument count"},
+		{"bad format", "llm_proxy {\n\tto http://x/v1\n\tformat xml\n}", `unknown format "xml"`},
+		{"bad duration", "llm_proxy {\n\tto http://x/v1\n\theartbeat soon\n}", `bad duration "soon"`},
+		{"negative duration", "llm_proxy {\n\tto http://x/v1\n\theartbeat -1s\n}", "must not be negative"},
+		{"bad size", "llm_proxy {\n\tto http://x/v1\n\tmax_body lots\n}", `bad size "lots"`},
+		{"unknown timeout", "llm_proxy {\n\tto http://x/v1\n\ttimeouts {\n\t\tread 1s\n\t}\n}", `unknown timeout "read"`},
+		{"duplicate timeout", "llm_proxy {\n\tto http://x/v1\n\ttimeouts {\n\t\tidle 1s\n\t\tidle 2s\n\t}\n}", `duplicate timeout "idle"`},
+		{"header_up arity", "llm_proxy {\n\tto http://x/v1\n\theader_up X-A\n}", "wrong argument count"},
+		{"two upstreams on the line", "llm_proxy /x http://a/v1 http://b/v1", "wrong argument count"},
+		{"simulator unknown", "llm_simulator {\n\tspeed 3\n}", `unknown subdirective "speed"`},
+		{"simulator chunks", "llm_simulator {\n\tchunks 0\n}", `bad chunks "0"`},
+		{"simulator duplicate", "llm_simulator {\n\tchunks 1\n\tchunks 2\n}", `duplicate subdirective "chunks"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := "http://localhost:8080 {\n" + tt.block + "\n}\n"
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(in), map[string]any{"filename": "Caddyfile"})
+			if err == nil {
+				t.Fatalf("adapted without error")
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "Caddyfile:") {
+				t.Errorf("error %q, want it to contain %q and the file and line", err, tt.want)
+			}
+		})
+	}
+}

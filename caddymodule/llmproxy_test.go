@@ -1,0 +1,124 @@
+package caddymodule
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/goleak"
+)
+
+// provision builds an LLMProxy from a Caddyfile block, as Caddy would.
+func provision(t *testing.T, block string) *LLMProxy {
+	t.Helper()
+	h := new(LLMProxy)
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(block)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Cleanup() })
+	return h
+}
+
+func serveProxy(t *testing.T, h *LLMProxy) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Errorf("ServeHTTP: %v", err)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestNoGoroutineLeft drives complete, failed and abandoned streams through
+// the handler and checks that nothing it started outlives them.
+func TestNoGoroutineLeft(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		f := w.(http.Flusher)
+		for i := 0; i < 1000; i++ {
+			io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"x"}}]}`+"\n\n")
+			f.Flush()
+			if r.URL.Query().Get("n") == "" {
+				break
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		if r.URL.Query().Get("n") == "" {
+			io.WriteString(w, `data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`+"\n\ndata: [DONE]\n\n")
+		}
+	}))
+	defer up.Close()
+
+	for _, q := range []string{"", "n=1"} {
+		h := provision(t, "llm_proxy "+up.URL+"/v1?"+q+" {\n\theartbeat 10ms\n\tformat sse\n}")
+		srv := serveProxy(t, h)
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/?prompt=hi", nil)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 20)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil {
+			t.Fatal(err)
+		}
+		if q == "" {
+			rest, _ := io.ReadAll(resp.Body)
+			if !strings.Contains(string(buf)+string(rest), "event: done") {
+				t.Errorf("no done: %q", rest)
+			}
+		}
+		cancel() // leave mid-stream in the n=1 case
+		resp.Body.Close()
+		srv.Client().CloseIdleConnections()
+		srv.Close()
+		h.Cleanup()
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tt := range []struct{ block, want string }{
+		{"llm_proxy {\n\tmodel x\n}", "an upstream is required"},
+		{"llm_proxy ftp://x/v1", "not an http(s) base URL"},
+		{"llm_proxy https://user:pw@x/v1", "api_key, not in its URL"},
+		{"llm_proxy /v1", "not an http(s) base URL"},
+	} {
+		h := new(LLMProxy)
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.block)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		if err := h.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		err := h.Validate()
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: Validate = %v, want %q", tt.block, err, tt.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "pw") {
+			t.Errorf("credentials in the error: %v", err)
+		}
+	}
+}
