@@ -68,8 +68,9 @@ type LLMProxy struct {
 	// Default: 1 MiB.
 	MaxEventSize int `json:"max_event_size,omitempty"`
 
-	format    frame.Format
-	heartbeat time.Duration
+	format       frame.Format
+	heartbeat    time.Duration
+	writeTimeout time.Duration
 	transport *http.Transport
 	client    *upstream.Client
 	logger    *zap.Logger
@@ -87,6 +88,9 @@ type Timeouts struct {
 	Idle *caddy.Duration `json:"idle,omitempty"`
 	// The whole stream. Default: 30m.
 	Total *caddy.Duration `json:"total,omitempty"`
+	// One write to a client that stopped reading: the stream ends and its
+	// upstream is cancelled. Default: 30s.
+	Write *caddy.Duration `json:"write,omitempty"`
 }
 
 // Defaults, applied in Provision.
@@ -98,6 +102,7 @@ const (
 	defaultFirstChunk = 60 * time.Second
 	defaultIdle       = 60 * time.Second
 	defaultTotal      = 30 * time.Minute
+	defaultWrite      = 30 * time.Second
 )
 
 // CaddyModule returns the Caddy module information.
@@ -135,6 +140,7 @@ func (h *LLMProxy) Provision(ctx caddy.Context) error {
 			header.Add(k, repl.ReplaceAll(v, ""))
 		}
 	}
+	h.writeTimeout = durationOr(t.Write, defaultWrite)
 	h.transport = upstream.NewTransport(durationOr(t.Dial, defaultDial))
 	h.client = &upstream.Client{
 		HTTP:       &http.Client{Transport: h.transport},
@@ -172,7 +178,7 @@ func (h *LLMProxy) Validate() error {
 	if t == nil {
 		t = new(Timeouts)
 	}
-	for _, d := range []*caddy.Duration{h.Heartbeat, t.Dial, t.FirstChunk, t.Idle, t.Total} {
+	for _, d := range []*caddy.Duration{h.Heartbeat, t.Dial, t.FirstChunk, t.Idle, t.Total, t.Write} {
 		if d != nil && *d < 0 {
 			return fmt.Errorf("llm_proxy: durations must not be negative, got %s", time.Duration(*d))
 		}
@@ -234,6 +240,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	fw := frame.NewWriter(w, rc.Flush, format)
 	fw.IncludeUsage = req.IncludeUsage
 	fw.StreamID = "llmstream"
+	fw.WriteTimeout, fw.SetDeadline = h.writeTimeout, rc.SetWriteDeadline
 	defer fw.Close()
 	if err := fw.Start(); err != nil {
 		h.logStream(r, start, req, format, "client_gone", nil, fw)

@@ -41,6 +41,7 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //			first_chunk <duration>
 //			idle <duration>
 //			total <duration>
+//			write <duration>
 //		}
 //	}
 //
@@ -145,8 +146,10 @@ func (h *LLMProxy) unmarshalTimeouts(d *caddyfile.Dispenser) error {
 			field = &h.Timeouts.Idle
 		case "total":
 			field = &h.Timeouts.Total
+		case "write":
+			field = &h.Timeouts.Write
 		default:
-			return d.Errf("unknown timeout %q: want dial, first_chunk, idle or total", name)
+			return d.Errf("unknown timeout %q: want dial, first_chunk, idle, total or write", name)
 		}
 		dur, err := durationArg(d)
 		if err != nil {

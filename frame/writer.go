@@ -49,6 +49,13 @@ type Writer struct {
 	// as Last-Event-ID and can be told to stop instead of starting over.
 	StreamID string
 
+	// WriteTimeout bounds how long one write may block on a client that
+	// stopped reading; SetDeadline applies it (http.ResponseController's
+	// SetWriteDeadline). Without them a stalled client holds its stream,
+	// and the upstream behind it, until the kernel gives up.
+	WriteTimeout time.Duration
+	SetDeadline  func(time.Time) error
+
 	buf     []byte
 	started bool
 
@@ -275,6 +282,13 @@ func (fw *Writer) send(b []byte) error {
 	}
 	if fw.beat != nil {
 		fw.beat.Reset(fw.every)
+	}
+	if fw.WriteTimeout > 0 && fw.SetDeadline != nil {
+		// Armed only around the write: on HTTP/2 a deadline left armed
+		// resets the stream when it fires, even between writes.
+		if fw.SetDeadline(time.Now().Add(fw.WriteTimeout)) == nil {
+			defer fw.SetDeadline(time.Time{})
+		}
 	}
 	if _, err := fw.w.Write(b); err != nil {
 		return &DownstreamError{err}
