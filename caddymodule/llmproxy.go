@@ -71,9 +71,9 @@ type LLMProxy struct {
 	format       frame.Format
 	heartbeat    time.Duration
 	writeTimeout time.Duration
-	transport *http.Transport
-	client    *upstream.Client
-	logger    *zap.Logger
+	transport    *http.Transport
+	client       *upstream.Client
+	logger       *zap.Logger
 }
 
 // Timeouts bound the phases of an upstream call. A zero value turns a limit
