@@ -68,6 +68,9 @@ type LLMProxy struct {
 	// Default: 1 MiB.
 	MaxEventSize int `json:"max_event_size,omitempty"`
 
+	// Per-client rate limit. Refused requests never reach the upstream.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
 	format       frame.Format
 	heartbeat    time.Duration
 	writeTimeout time.Duration
@@ -117,6 +120,11 @@ func (LLMProxy) CaddyModule() caddy.ModuleInfo {
 func (h *LLMProxy) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
+	if h.RateLimit != nil {
+		if err := h.RateLimit.Provision(ctx, "llm_proxy", h); err != nil {
+			return fmt.Errorf("llm_proxy: %w", err)
+		}
+	}
 
 	var err error
 	if h.format, err = frame.ParseFormat(orDefault(h.Format, "openai")); err != nil {
@@ -186,10 +194,13 @@ func (h *LLMProxy) Validate() error {
 	return nil
 }
 
-// Cleanup closes idle upstream connections.
+// Cleanup closes idle upstream connections and lets go of the rate limit.
 func (h *LLMProxy) Cleanup() error {
 	if h.transport != nil {
 		h.transport.CloseIdleConnections()
+	}
+	if h.RateLimit != nil {
+		return h.RateLimit.Cleanup()
 	}
 	return nil
 }
@@ -201,6 +212,13 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		w.Header().Set("Allow", "GET, POST")
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
 			Message: "method " + r.Method + " not allowed: use POST with a chat-completions body or GET with ?prompt="})
+	}
+	if h.RateLimit != nil {
+		release, err := h.RateLimit.Admit(w, r)
+		if err != nil {
+			return h.reject(w, r, asError(err))
+		}
+		defer release()
 	}
 	format, err := frame.Negotiate(r.URL.Query().Get("format"), r.Header.Get("Accept"), h.format)
 	if err != nil {

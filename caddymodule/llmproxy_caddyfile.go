@@ -36,6 +36,7 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		max_body <size>
 //		max_event_size <size>
 //		header_up <name> <value>
+//		rate_limit <rate> [{ ... }]
 //		timeouts {
 //			dial <duration>
 //			first_chunk <duration>
@@ -113,6 +114,12 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.HeaderUp = http.Header{}
 			}
 			h.HeaderUp.Add(k, v)
+		case "rate_limit":
+			rl, err := parseRateLimit(d)
+			if err != nil {
+				return err
+			}
+			h.RateLimit = rl
 		case "timeouts":
 			if d.NextArg() {
 				return d.ArgErr()
