@@ -4,6 +4,7 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
 	"github.com/llmstream/caddy-llmstream/frame"
@@ -33,10 +33,27 @@ func init() {
 // calls the upstream with the server's API key; the client's own
 // Authorization header is never forwarded.
 type LLMProxy struct {
-	// The upstream's OpenAI-style base URL, such as
-	// https://api.openai.com/v1. Requests go to <to>/chat/completions.
-	// Required.
-	To string `json:"to,omitempty"`
+	// Upstreams' OpenAI-style base URLs, such as
+	// https://api.openai.com/v1; requests go to <to>/chat/completions.
+	// Several form one pool sharing api_key and the other settings. This
+	// or upstreams is required.
+	To []string `json:"to,omitempty"`
+
+	// Upstreams with settings of their own, in the same pool as To.
+	Upstreams []*UpstreamConfig `json:"upstreams,omitempty"`
+
+	// How a request picks the upstream it tries first: round_robin,
+	// least_conn (fewest open streams), random, first or weighted.
+	// Default: round_robin.
+	LBPolicy string `json:"lb_policy,omitempty"`
+
+	// How many further upstreams a request may try when one fails before
+	// any content reached the client. Default: all of them.
+	Retries *int `json:"retries,omitempty"`
+
+	// If set, every upstream's <base_url>/models is fetched at this
+	// interval and an upstream that fails it is skipped until it passes.
+	HealthCheck caddy.Duration `json:"health_check,omitempty"`
 
 	// The upstream API key, sent as "Authorization: Bearer <key>". Use a
 	// placeholder such as {env.OPENAI_API_KEY}: it is expanded when the
@@ -74,9 +91,23 @@ type LLMProxy struct {
 	format       frame.Format
 	heartbeat    time.Duration
 	writeTimeout time.Duration
-	transport    *http.Transport
-	client       *upstream.Client
+	tries        int
+	pool         *upstream.Pool
+	poolKey      string
 	logger       *zap.Logger
+}
+
+// UpstreamConfig is one upstream with settings of its own.
+type UpstreamConfig struct {
+	// The OpenAI-style base URL. Required.
+	To string `json:"to,omitempty"`
+	// This upstream's key. Default: the directive's api_key.
+	APIKey string `json:"api_key,omitempty"`
+	// Model renames for this upstream: a request for the key's model asks
+	// this upstream for the value's (gpt-4o -> deepseek-chat).
+	Models map[string]string `json:"models,omitempty"`
+	// The share of requests under the weighted policy. Default: 1.
+	Weight int `json:"weight,omitempty"`
 }
 
 // Timeouts bound the phases of an upstream call. A zero value turns a limit
@@ -119,7 +150,9 @@ func (LLMProxy) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the upstream client.
 func (h *LLMProxy) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	repl := caddy.NewReplacer()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("llm_proxy: registering metrics: %w", err)
+	}
 	if h.RateLimit != nil {
 		if err := h.RateLimit.Provision(ctx, "llm_proxy", h); err != nil {
 			return fmt.Errorf("llm_proxy: %w", err)
@@ -142,39 +175,30 @@ func (h *LLMProxy) Provision(ctx caddy.Context) error {
 		t = new(Timeouts)
 	}
 
-	header := make(http.Header, len(h.HeaderUp))
-	for k, vs := range h.HeaderUp {
-		for _, v := range vs {
-			header.Add(k, repl.ReplaceAll(v, ""))
-		}
-	}
 	h.writeTimeout = durationOr(t.Write, defaultWrite)
-	h.transport = upstream.NewTransport(durationOr(t.Dial, defaultDial))
-	h.client = &upstream.Client{
-		HTTP:       &http.Client{Transport: h.transport},
-		BaseURL:    repl.ReplaceAll(h.To, ""),
-		APIKey:     repl.ReplaceAll(h.APIKey, ""),
-		Header:     header,
-		FirstChunk: durationOr(t.FirstChunk, defaultFirstChunk),
-		Idle:       durationOr(t.Idle, defaultIdle),
-		Total:      durationOr(t.Total, defaultTotal),
-		MaxLine:    h.MaxEventSize,
+	h.tries = 0
+	if h.Retries != nil {
+		h.tries = *h.Retries + 1
 	}
-	return nil
+	return h.provisionPool(ctx, t)
 }
 
 // Validate checks the configuration.
 func (h *LLMProxy) Validate() error {
-	if h.To == "" {
+	if len(h.pool.Members) == 0 {
 		return errors.New("llm_proxy: an upstream is required: set `to <base_url>`")
 	}
-	base := h.client.BaseURL
-	u, err := url.Parse(base)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("llm_proxy: upstream %q is not an http(s) base URL such as https://api.openai.com/v1", h.To)
+	for _, m := range h.pool.Members {
+		u, err := url.Parse(m.BaseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("llm_proxy: upstream %q is not an http(s) base URL such as https://api.openai.com/v1", u.Redacted())
+		}
+		if u.User != nil {
+			return errors.New("llm_proxy: put the upstream's credentials in api_key, not in its URL")
+		}
 	}
-	if u.User != nil {
-		return errors.New("llm_proxy: put the upstream's credentials in api_key, not in its URL")
+	if h.Retries != nil && *h.Retries < 0 {
+		return fmt.Errorf("llm_proxy: retries must not be negative, got %d", *h.Retries)
 	}
 	if h.MaxBody < 0 {
 		return fmt.Errorf("llm_proxy: max_body must be positive, got %d", h.MaxBody)
@@ -194,10 +218,10 @@ func (h *LLMProxy) Validate() error {
 	return nil
 }
 
-// Cleanup closes idle upstream connections and lets go of the rate limit.
+// Cleanup lets go of the upstream pool and the rate limit.
 func (h *LLMProxy) Cleanup() error {
-	if h.transport != nil {
-		h.transport.CloseIdleConnections()
+	if h.poolKey != "" {
+		_, _ = upstreamPools.Delete(h.poolKey)
 	}
 	if h.RateLimit != nil {
 		return h.RateLimit.Cleanup()
@@ -237,31 +261,39 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.reject(w, r, asError(err))
 	}
 
-	st, err := h.client.Open(r.Context(), req)
+	rec := &record{start: start, format: format, model: req.Model}
+	defer h.finish(r, rec)
+	ctx := r.Context()
+	tries := &attempts{pool: h.pool, cands: h.pool.Candidates(start, h.tries)}
+	st, err := tries.open(ctx, req, rec)
 	if err != nil {
-		if r.Context().Err() != nil {
-			return nil // the client left before the upstream answered
+		if ctx.Err() != nil {
+			rec.outcome = outcomeClientGone // the client left before the upstream answered
+			return nil
 		}
 		e := asError(err)
-		h.logStream(r, start, req, format, "rejected", e, nil)
+		rec.outcome, rec.status, rec.err = outcomeRejected, e.Status, err
 		return h.reject(w, r, e)
 	}
-	defer st.Close()
+	defer func() { st.Close() }()
 
 	if !req.Stream {
-		return h.relayWhole(w, r, st)
+		rec.status = http.StatusOK
+		return h.relayWhole(w, r, st, rec)
 	}
 
 	frame.SetHeaders(w.Header(), format)
 	w.WriteHeader(http.StatusOK)
+	rec.status = http.StatusOK
 	rc := http.NewResponseController(w)
 	fw := frame.NewWriter(w, rc.Flush, format)
 	fw.IncludeUsage = req.IncludeUsage
 	fw.StreamID = "llmstream"
 	fw.WriteTimeout, fw.SetDeadline = h.writeTimeout, rc.SetWriteDeadline
+	rec.fw = fw
 	defer fw.Close()
 	if err := fw.Start(); err != nil {
-		h.logStream(r, start, req, format, "client_gone", nil, fw)
+		rec.outcome = outcomeClientGone
 		return nil
 	}
 	fw.KeepAlive(h.heartbeat)
@@ -270,32 +302,110 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	for {
 		err := st.Next(&c)
 		if err == nil {
+			rec.chunk(&c, tries.member)
 			if err := fw.Chunk(&c); err != nil {
-				h.logStream(r, start, req, format, "client_gone", nil, fw)
+				rec.outcome = outcomeClientGone
 				return nil
 			}
+			rec.flushed()
 			continue
 		}
 		if err == io.EOF {
 			if err := fw.Done(); err != nil {
-				h.logStream(r, start, req, format, "client_gone", nil, fw)
+				rec.outcome = outcomeClientGone
 				return nil
 			}
-			h.logStream(r, start, req, format, "completed", nil, fw)
+			rec.outcome = outcomeCompleted
 			return nil
 		}
-		if r.Context().Err() != nil {
-			h.logStream(r, start, req, format, "client_gone", nil, fw)
+		if ctx.Err() != nil {
+			rec.outcome = outcomeClientGone
 			return nil
+		}
+		// Nothing the client would see twice has gone out yet: another
+		// upstream may still answer.
+		if !fw.WroteDelta() && tries.failed(err, rec) {
+			st.Close()
+			if next, nerr := tries.open(ctx, req, rec); nerr == nil {
+				st = next
+				continue
+			} else if ctx.Err() == nil {
+				err = nerr
+			}
 		}
 		e, outcome := h.streamError(err)
-		h.logStream(r, start, req, format, outcome, err, fw)
+		rec.outcome, rec.err = outcome, err
 		_ = fw.Fail(e)
 		fw.Close()
 		// The framing's error signal is out; breaking the response makes
 		// sure no client mistakes what it got for a complete answer.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// attempts walks one request through the pool's candidates.
+type attempts struct {
+	pool   *upstream.Pool
+	cands  []*upstream.Member
+	next   int
+	member *upstream.Member // the one streaming now
+}
+
+// open opens a stream on the next candidate that answers, recording the
+// failures of those that do not. Once every candidate failed, it returns
+// the pool's all-down answer if nothing is left to try, else the last error.
+func (a *attempts) open(ctx context.Context, req *upstream.Request, rec *record) (*upstream.Stream, error) {
+	var last error
+	for a.next < len(a.cands) {
+		m := a.cands[a.next]
+		a.next++
+		if last != nil {
+			rec.failover(m)
+		}
+		st, err := m.Open(ctx, req)
+		if err == nil {
+			a.member = m
+			rec.setUpstream(m)
+			return st, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		last = err
+		rec.tried = m
+		if !a.pool.Failed(m, err, time.Now()) {
+			return nil, err
+		}
+	}
+	now := time.Now()
+	if last == nil {
+		return nil, a.pool.AllDown(now)
+	}
+	// Every upstream rate limited: the client waits for the first to free
+	// up, told in the words of the last one that refused.
+	var e *chunk.Error
+	if errors.As(last, &e) && e.Status == http.StatusTooManyRequests {
+		if all := a.pool.AllDown(now); all.Status == http.StatusTooManyRequests {
+			limited := *e
+			limited.RetryAfter = all.RetryAfter
+			return nil, &limited
+		}
+	}
+	return nil, last
+}
+
+// failed records a failure of the streaming upstream before any content,
+// and tells whether another may be tried.
+func (a *attempts) failed(err error, rec *record) bool {
+	if a.member == nil || a.next >= len(a.cands) {
+		return false
+	}
+	var ue *chunk.Error
+	if errors.As(err, &ue) || errors.Is(err, upstream.ErrIdleTimeout) || errors.Is(err, upstream.ErrTotalTimeout) {
+		return false // the upstream said why, or the limits are the request's own
+	}
+	a.pool.Failed(a.member, err, time.Now())
+	return true
 }
 
 // buildRequest reads the client's request into an upstream request.
@@ -321,13 +431,21 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 }
 
 // relayWhole passes a non-streamed answer through as the upstream sent it.
-func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream) error {
+func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record) error {
 	if ct := st.Header().Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
 	}
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	if _, err := io.Copy(w, st.Body()); err != nil && r.Context().Err() == nil {
+	n, err := io.Copy(w, st.Body())
+	rec.bytes = int(n)
+	switch {
+	case err == nil:
+		rec.outcome = outcomeCompleted
+	case r.Context().Err() != nil:
+		rec.outcome = outcomeClientGone
+	default:
+		rec.outcome, rec.err = outcomeUpstreamError, err
 		panic(http.ErrAbortHandler)
 	}
 	return nil
@@ -340,13 +458,13 @@ func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 	var ue *chunk.Error
 	switch {
 	case errors.As(err, &ue):
-		return ue, "upstream_error"
+		return ue, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrFirstChunkTimeout), errors.Is(err, upstream.ErrIdleTimeout), errors.Is(err, upstream.ErrTotalTimeout):
-		return &chunk.Error{Type: chunk.TypeTimeout, Message: err.Error()}, "timeout"
+		return &chunk.Error{Type: chunk.TypeTimeout, Message: err.Error()}, outcomeTimeout
 	case errors.Is(err, upstream.ErrLineTooLong):
-		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent an event larger than the proxy accepts"}, "upstream_error"
+		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent an event larger than the proxy accepts"}, outcomeUpstreamError
 	default:
-		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream stream ended abnormally"}, "upstream_error"
+		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream stream ended abnormally"}, outcomeUpstreamError
 	}
 }
 
@@ -368,40 +486,6 @@ func (h *LLMProxy) reject(w http.ResponseWriter, r *http.Request, e *chunk.Error
 	w.WriteHeader(e.Status)
 	_, _ = w.Write(e.MarshalBody())
 	return nil
-}
-
-// logStream writes the one line a finished stream leaves.
-func (h *LLMProxy) logStream(r *http.Request, start time.Time, req *upstream.Request, format frame.Format, outcome string, err error, fw *frame.Writer) {
-	lvl := zapcore.InfoLevel
-	if err != nil {
-		lvl = zapcore.WarnLevel
-	}
-	c := h.logger.Check(lvl, "stream finished")
-	if c == nil {
-		return
-	}
-	fields := []zap.Field{
-		zap.String("upstream", h.client.BaseURL),
-		zap.String("format", format.String()),
-		zap.String("outcome", outcome),
-		zap.Duration("duration", time.Since(start)),
-	}
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-		fields = append(fields, zap.String("client_ip", ip))
-	}
-	if req != nil {
-		fields = append(fields, zap.String("model", req.Model))
-	}
-	if fw != nil {
-		fields = append(fields, zap.String("finish_reason", fw.FinishReason()))
-		if u := fw.Usage(); u != nil {
-			fields = append(fields, zap.String("usage", string(u)))
-		}
-	}
-	if err != nil {
-		fields = append(fields, zap.String("error", err.Error()))
-	}
-	c.Write(fields...)
 }
 
 // asError turns an error into the client-facing shape.

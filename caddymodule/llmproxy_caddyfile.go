@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/http"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -10,6 +11,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/llmstream/caddy-llmstream/frame"
+	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
 func init() {
@@ -27,8 +29,16 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
-//	llm_proxy [<matcher>] [<base_url>] {
-//		to <base_url>
+//	llm_proxy [<matcher>] [<base_url>...] {
+//		to <base_url>...
+//		upstream <base_url> {
+//			api_key <key>
+//			model <from> <to>
+//			weight <n>
+//		}
+//		lb_policy round_robin|least_conn|random|first|weighted
+//		retries <n>
+//		health_check <interval>
 //		api_key <key>
 //		model <name>
 //		format openai|sse|ndjson|text
@@ -46,21 +56,17 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		}
 //	}
 //
-// The base URL may be given on the directive's line instead of with `to`.
+// Base URLs may be given on the directive's line instead of with `to`.
+// All upstreams form one pool.
 func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	if d.NextArg() {
-		h.To = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	toOnLine := h.To != ""
+	h.To = append(h.To, d.RemainingArgs()...)
+	toOnLine := len(h.To) > 0
 
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if name != "header_up" && seen[name] {
+		if name != "header_up" && name != "upstream" && seen[name] {
 			return d.Errf("duplicate subdirective %q", name)
 		}
 		seen[name] = true
@@ -69,9 +75,35 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if toOnLine {
 				return d.Err("upstream given twice: on the directive's line and with `to`")
 			}
-			if err := oneArg(d, &h.To); err != nil {
+			h.To = d.RemainingArgs()
+			if len(h.To) == 0 {
+				return d.ArgErr()
+			}
+		case "upstream":
+			u, err := parseUpstream(d)
+			if err != nil {
 				return err
 			}
+			h.Upstreams = append(h.Upstreams, u)
+		case "lb_policy":
+			if err := oneArg(d, &h.LBPolicy); err != nil {
+				return err
+			}
+			if _, err := upstream.ParsePolicy(h.LBPolicy); err != nil {
+				return d.Err(err.Error())
+			}
+		case "retries":
+			n, err := intArg(d, 0)
+			if err != nil {
+				return err
+			}
+			h.Retries = &n
+		case "health_check":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.HealthCheck = dur
 		case "api_key":
 			if err := oneArg(d, &h.APIKey); err != nil {
 				return err
@@ -132,6 +164,62 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseUpstream reads `upstream <base_url> { api_key, model <from> <to>, weight }`.
+func parseUpstream(d *caddyfile.Dispenser) (*UpstreamConfig, error) {
+	u := new(UpstreamConfig)
+	if err := oneArg(d, &u.To); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if name != "model" && seen[name] {
+			return nil, d.Errf("duplicate upstream setting %q", name)
+		}
+		seen[name] = true
+		switch name {
+		case "api_key":
+			if err := oneArg(d, &u.APIKey); err != nil {
+				return nil, err
+			}
+		case "model":
+			var from, to string
+			if !d.Args(&from, &to) || d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			if u.Models == nil {
+				u.Models = map[string]string{}
+			}
+			if _, dup := u.Models[from]; dup {
+				return nil, d.Errf("model %q renamed twice", from)
+			}
+			u.Models[from] = to
+		case "weight":
+			n, err := intArg(d, 1)
+			if err != nil {
+				return nil, err
+			}
+			u.Weight = n
+		default:
+			return nil, d.Errf("unknown upstream setting %q: want api_key, model or weight", name)
+		}
+	}
+	return u, nil
+}
+
+// intArg reads one whole number of at least lowest.
+func intArg(d *caddyfile.Dispenser, lowest int) (int, error) {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lowest {
+		return 0, d.Errf("bad number %q: want a whole number of at least %d", s, lowest)
+	}
+	return n, nil
 }
 
 func (h *LLMProxy) unmarshalTimeouts(d *caddyfile.Dispenser) error {

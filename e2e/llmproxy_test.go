@@ -318,13 +318,14 @@ func TestFailuresBeforeFirstByte(t *testing.T) {
 		{name: "upstream 400", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 400, upBody: `{"error":{"message":"temperature too high","type":"invalid_request_error"}}`, wantStatus: 400, wantType: "invalid_request_error", wantMsg: "temperature too high"},
 		{name: "upstream 404", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 404, upBody: `{"error":{"message":"model x not found","type":"invalid_request_error"}}`, wantStatus: 404, wantType: "invalid_request_error", wantMsg: "model x not found"},
 		{name: "upstream 422", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 422, upBody: `{"error":{"message":"unprocessable"}}`, wantStatus: 422, wantMsg: "unprocessable"},
-		{name: "upstream 429", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 429, upBody: `{"error":{"message":"Rate limit reached","type":"requests"}}`, wantStatus: 429, wantType: "requests", wantMsg: "Rate limit reached", wantRetry: "17"},
 		{name: "upstream 401", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 401, upBody: `{"error":{"message":"Incorrect API key provided: ` + testKey + `"}}`, wantStatus: 502, wantType: "upstream_error", wantMsg: "credentials"},
 		{name: "upstream 403", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 403, wantStatus: 502, wantType: "upstream_error"},
 		{name: "upstream 500", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 500, upBody: "oops", wantStatus: 502, wantType: "upstream_error"},
 		{name: "upstream 503", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 503, wantStatus: 502, wantType: "upstream_error"},
 		{name: "unreachable", method: "GET", path: "/dead?prompt=x", wantStatus: 502, wantType: "upstream_error", wantMsg: "unreachable"},
 		{name: "first chunk timeout", method: "GET", path: "/stall?prompt=x", wantStatus: 504, wantType: "timeout_error"},
+		// Last: a 429 parks the upstream for its Retry-After.
+		{name: "upstream 429", method: "POST", path: "/v1/chat/completions", body: msg, upStatus: 429, upBody: `{"error":{"message":"Rate limit reached","type":"requests"}}`, wantStatus: 429, wantType: "requests", wantMsg: "Rate limit reached", wantRetry: "17"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

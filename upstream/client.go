@@ -196,6 +196,8 @@ type Stream struct {
 	first    bool // a first chunk has arrived
 	finished bool // a finish reason has arrived
 	ended    bool
+	closed   bool
+	onClose  func()
 }
 
 // Header is the upstream response's header.
@@ -322,6 +324,14 @@ func (s *Stream) activity() {
 // call more than once.
 func (s *Stream) Close() {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	if s.onClose != nil {
+		defer s.onClose()
+	}
 	if s.watch != nil {
 		s.watch.Stop()
 	}

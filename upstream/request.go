@@ -20,6 +20,21 @@ type Request struct {
 	IncludeUsage bool
 	// Model is the model the request names ("" if none).
 	Model string
+
+	fields map[string]json.RawMessage
+}
+
+// WithModel returns a copy of r that names another model (an upstream's
+// rename of it).
+func (r *Request) WithModel(model string) *Request {
+	fields := make(map[string]json.RawMessage, len(r.fields)+1)
+	for k, v := range r.fields {
+		fields[k] = v
+	}
+	fields["model"] = mustJSON(model)
+	c := *r
+	c.fields, c.Model, c.Body = fields, model, mustJSON(fields)
+	return &c
 }
 
 // badRequest is the error for input that must never reach the upstream.
@@ -98,7 +113,7 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 	if err != nil {
 		return nil, badRequest("request body: %v", err)
 	}
-	req.Body = b
+	req.Body, req.fields = b, fields
 	return req, nil
 }
 
@@ -115,7 +130,7 @@ func FromPrompt(prompt, model string) (*Request, error) {
 	if model != "" {
 		fields["model"] = mustJSON(model)
 	}
-	return &Request{Body: mustJSON(fields), Stream: true, Model: model}, nil
+	return &Request{Body: mustJSON(fields), Stream: true, Model: model, fields: fields}, nil
 }
 
 func userMessage(prompt string) json.RawMessage {

@@ -1,0 +1,242 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/llmstream/caddy-llmstream/chunk"
+	"github.com/llmstream/caddy-llmstream/frame"
+	"github.com/llmstream/caddy-llmstream/upstream"
+)
+
+// Stream outcomes, as logged and counted.
+const (
+	outcomeCompleted     = "completed"
+	outcomeClientGone    = "client_gone"
+	outcomeUpstreamError = "upstream_error"
+	outcomeTimeout       = "timeout"
+	outcomeRejected      = "rejected"
+)
+
+// record is what one request did, for its log line, the metrics and the
+// placeholders.
+type record struct {
+	start    time.Time
+	format   frame.Format
+	model    string
+	upstream *upstream.Member // the one streaming
+	tried    *upstream.Member // the last one that failed
+	fw       *frame.Writer
+	status   int
+	outcome  string
+	err      error
+
+	firstByte  time.Duration // the upstream's first chunk
+	firstToken time.Duration // the first chunk with content
+	lastChunk  time.Time     // when the last chunk was read
+	readAt     time.Time     // when the current chunk was read
+	chunks     int
+	bytes      int
+	logged     bool
+}
+
+// chunk notes a chunk read from the upstream.
+func (rec *record) chunk(c *chunk.Chunk, m *upstream.Member) {
+	now := time.Now()
+	since := now.Sub(rec.start)
+	if rec.chunks == 0 {
+		rec.firstByte = since
+		if m != nil {
+			metrics.ttfb.WithLabelValues(m.BaseURL).Observe(since.Seconds())
+		}
+	} else if m != nil {
+		metrics.gap.WithLabelValues(m.BaseURL).Observe(now.Sub(rec.lastChunk).Seconds())
+	}
+	if rec.firstToken == 0 && c.HasDelta() {
+		rec.firstToken = since
+		if m != nil {
+			metrics.ttft.WithLabelValues(m.BaseURL).Observe(since.Seconds())
+		}
+	}
+	rec.chunks++
+	rec.bytes += len(c.Raw)
+	rec.lastChunk, rec.readAt = now, now
+}
+
+// flushed notes that the current chunk reached the client.
+func (rec *record) flushed() {
+	metrics.added.Observe(time.Since(rec.readAt).Seconds())
+}
+
+// setUpstream notes the upstream now streaming, for the open-streams gauge.
+func (rec *record) setUpstream(m *upstream.Member) {
+	if rec.upstream != nil {
+		metrics.open.WithLabelValues(rec.upstream.BaseURL).Dec()
+	}
+	rec.upstream = m
+	metrics.open.WithLabelValues(m.BaseURL).Inc()
+}
+
+// failover notes a move to another upstream.
+func (rec *record) failover(from *upstream.Member) {
+	name := ""
+	if rec.upstream != nil {
+		name = rec.upstream.BaseURL
+	}
+	metrics.failovers.WithLabelValues(name).Inc()
+}
+
+// finish logs the request's line, counts it and sets the placeholders.
+func (h *LLMProxy) finish(r *http.Request, rec *record) {
+	if rec.logged {
+		return
+	}
+	rec.logged = true
+	if rec.outcome == "" {
+		rec.outcome = outcomeUpstreamError
+	}
+	name := ""
+	if rec.upstream != nil {
+		name = rec.upstream.BaseURL
+		metrics.open.WithLabelValues(name).Dec()
+	} else if rec.tried != nil {
+		name = rec.tried.BaseURL
+	}
+	var usage struct {
+		Prompt     int64 `json:"prompt_tokens"`
+		Completion int64 `json:"completion_tokens"`
+	}
+	var finishReason string
+	var rawUsage []byte
+	if rec.fw != nil {
+		finishReason, rawUsage = rec.fw.FinishReason(), rec.fw.Usage()
+		if m := rec.fw.Model(); m != "" {
+			rec.model = m
+		}
+		if rawUsage != nil {
+			_ = json.Unmarshal(rawUsage, &usage)
+		}
+	}
+
+	metrics.requests.WithLabelValues(name, strconv.Itoa(rec.status), rec.outcome).Inc()
+	if rec.outcome == outcomeClientGone {
+		metrics.disconnects.WithLabelValues(name).Inc()
+	}
+	if usage.Prompt > 0 {
+		metrics.tokens.WithLabelValues(name, "prompt").Add(float64(usage.Prompt))
+	}
+	if usage.Completion > 0 {
+		metrics.tokens.WithLabelValues(name, "completion").Add(float64(usage.Completion))
+	}
+
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.llm.upstream", name)
+		repl.Set("http.llm.model", rec.model)
+		repl.Set("http.llm.outcome", rec.outcome)
+		repl.Set("http.llm.ttft_ms", rec.firstToken.Milliseconds())
+		repl.Set("http.llm.prompt_tokens", usage.Prompt)
+		repl.Set("http.llm.completion_tokens", usage.Completion)
+	}
+
+	lvl := zapcore.InfoLevel
+	if rec.err != nil && rec.outcome != outcomeRejected {
+		lvl = zapcore.WarnLevel
+	}
+	c := h.logger.Check(lvl, "stream finished")
+	if c == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("upstream", name),
+		zap.String("model", rec.model),
+		zap.String("format", rec.format.String()),
+		zap.Int("status", rec.status),
+		zap.String("outcome", rec.outcome),
+		zap.Duration("ttft", rec.firstToken),
+		zap.Duration("duration", time.Since(rec.start)),
+		zap.Int("chunks", rec.chunks),
+		zap.Int("bytes", rec.bytes),
+		zap.String("finish_reason", finishReason),
+	}
+	if rawUsage != nil {
+		fields = append(fields, zap.Int64("prompt_tokens", usage.Prompt), zap.Int64("completion_tokens", usage.Completion))
+	}
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		fields = append(fields, zap.String("client_ip", ip))
+	}
+	if rec.err != nil {
+		var ue *chunk.Error
+		if errors.As(rec.err, &ue) {
+			fields = append(fields, zap.String("error", ue.Message))
+		} else {
+			fields = append(fields, zap.String("error", rec.err.Error()))
+		}
+	}
+	c.Write(fields...)
+}
+
+// metrics are created once and registered with every config's registry:
+// Caddy makes a new registry per config load.
+var metrics = struct {
+	once        sync.Once
+	open        *prometheus.GaugeVec
+	requests    *prometheus.CounterVec
+	ttfb, ttft  *prometheus.HistogramVec
+	gap         *prometheus.HistogramVec
+	added       prometheus.Histogram
+	tokens      *prometheus.CounterVec
+	failovers   *prometheus.CounterVec
+	disconnects *prometheus.CounterVec
+}{}
+
+func init() {
+	const ns, sub = "caddy", "llm"
+	lat := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+	metrics.open = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "streams_open",
+		Help: "Streams open now, by upstream."}, []string{"upstream"})
+	metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
+		Help: "Chat requests by upstream, status and outcome (completed, client_gone, upstream_error, timeout, rejected)."},
+		[]string{"upstream", "status", "outcome"})
+	metrics.ttfb = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_to_first_chunk_seconds",
+		Help: "From the request to the upstream's first chunk.", Buckets: lat}, []string{"upstream"})
+	metrics.ttft = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_to_first_token_seconds",
+		Help: "From the request to the first chunk with content.", Buckets: lat}, []string{"upstream"})
+	metrics.gap = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "chunk_gap_seconds",
+		Help: "Time between two upstream chunks.", Buckets: lat}, []string{"upstream"})
+	metrics.added = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "proxy_added_seconds",
+		Help: "Time the proxy adds per chunk, from the upstream read to the client flush.",
+		Buckets: []float64{1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, .1}})
+	metrics.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tokens_total",
+		Help: "Tokens reported by the upstreams' usage, by kind (prompt, completion)."}, []string{"upstream", "kind"})
+	metrics.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "failovers_total",
+		Help: "Requests moved to another upstream, by the upstream that failed."}, []string{"upstream"})
+	metrics.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "client_disconnects_total",
+		Help: "Streams whose client left before the end, by upstream."}, []string{"upstream"})
+}
+
+// registerMetrics adds the collectors to this config's registry.
+func registerMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{metrics.open, metrics.requests, metrics.ttfb, metrics.ttft, metrics.gap,
+		metrics.added, metrics.tokens, metrics.failovers, metrics.disconnects} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
