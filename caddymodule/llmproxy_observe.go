@@ -214,7 +214,7 @@ func init() {
 	metrics.gap = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "chunk_gap_seconds",
 		Help: "Time between two upstream chunks.", Buckets: lat}, []string{"upstream"})
 	metrics.added = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "proxy_added_seconds",
-		Help: "Time the proxy adds per chunk, from the upstream read to the client flush.",
+		Help:    "Time the proxy adds per chunk, from the upstream read to the client flush.",
 		Buckets: []float64{1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, .1}})
 	metrics.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tokens_total",
 		Help: "Tokens reported by the upstreams' usage, by kind (prompt, completion)."}, []string{"upstream", "kind"})
