@@ -359,9 +359,6 @@ func (a *attempts) open(ctx context.Context, req *upstream.Request, rec *record)
 	for a.next < len(a.cands) {
 		m := a.cands[a.next]
 		a.next++
-		if last != nil {
-			rec.failover(m)
-		}
 		st, err := m.Open(ctx, req)
 		if err == nil {
 			a.member = m
@@ -375,6 +372,9 @@ func (a *attempts) open(ctx context.Context, req *upstream.Request, rec *record)
 		rec.tried = m
 		if !a.pool.Failed(m, err, time.Now()) {
 			return nil, err
+		}
+		if a.next < len(a.cands) {
+			rec.failover(m)
 		}
 	}
 	now := time.Now()
@@ -405,6 +405,7 @@ func (a *attempts) failed(err error, rec *record) bool {
 		return false // the upstream said why, or the limits are the request's own
 	}
 	a.pool.Failed(a.member, err, time.Now())
+	rec.failover(a.member)
 	return true
 }
 

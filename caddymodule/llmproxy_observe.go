@@ -87,13 +87,9 @@ func (rec *record) setUpstream(m *upstream.Member) {
 	metrics.open.WithLabelValues(m.BaseURL).Inc()
 }
 
-// failover notes a move to another upstream.
+// failover notes a move away from an upstream that failed.
 func (rec *record) failover(from *upstream.Member) {
-	name := ""
-	if rec.upstream != nil {
-		name = rec.upstream.BaseURL
-	}
-	metrics.failovers.WithLabelValues(name).Inc()
+	metrics.failovers.WithLabelValues(from.BaseURL).Inc()
 }
 
 // finish logs the request's line, counts it and sets the placeholders.
