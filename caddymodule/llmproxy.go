@@ -263,11 +263,12 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 
 	rec := &record{start: start, format: format, model: req.Model}
 	defer h.finish(r, rec)
-	ctx := r.Context()
+	ctx, stop := untilExit(r)
+	defer stop()
 	tries := &attempts{pool: h.pool, cands: h.pool.Candidates(start, h.tries)}
 	st, err := tries.open(ctx, req, rec)
 	if err != nil {
-		if ctx.Err() != nil {
+		if r.Context().Err() != nil {
 			rec.outcome = outcomeClientGone // the client left before the upstream answered
 			return nil
 		}
@@ -318,13 +319,16 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 			rec.outcome = outcomeCompleted
 			return nil
 		}
-		if ctx.Err() != nil {
+		if r.Context().Err() != nil {
 			rec.outcome = outcomeClientGone
 			return nil
 		}
+		if errors.Is(context.Cause(ctx), errShuttingDown) {
+			err = errShuttingDown
+		}
 		// Nothing the client would see twice has gone out yet: another
 		// upstream may still answer.
-		if !fw.WroteDelta() && tries.failed(err, rec) {
+		if !fw.WroteDelta() && err != errShuttingDown && tries.failed(err, rec) {
 			st.Close()
 			if next, nerr := tries.open(ctx, req, rec); nerr == nil {
 				st = next
@@ -366,7 +370,7 @@ func (a *attempts) open(ctx context.Context, req *upstream.Request, rec *record)
 			return st, nil
 		}
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
 		}
 		last = err
 		rec.tried = m
@@ -462,6 +466,8 @@ func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 		return ue, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrFirstChunkTimeout), errors.Is(err, upstream.ErrIdleTimeout), errors.Is(err, upstream.ErrTotalTimeout):
 		return &chunk.Error{Type: chunk.TypeTimeout, Message: err.Error()}, outcomeTimeout
+	case errors.Is(err, errShuttingDown):
+		return &chunk.Error{Type: chunk.TypeServer, Message: err.Error()}, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrLineTooLong):
 		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent an event larger than the proxy accepts"}, outcomeUpstreamError
 	default:
@@ -494,6 +500,9 @@ func asError(err error) *chunk.Error {
 	var e *chunk.Error
 	if errors.As(err, &e) {
 		return e
+	}
+	if errors.Is(err, errShuttingDown) {
+		return &chunk.Error{Status: http.StatusServiceUnavailable, Type: chunk.TypeServer, Message: err.Error()}
 	}
 	return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeServer, Message: "internal error"}
 }
