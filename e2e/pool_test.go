@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -243,5 +244,66 @@ func TestNoFailoverAfterContent(t *testing.T) {
 	if err == nil || !strings.Contains(string(body), "A-partial") || strings.Contains(string(body), `"B"`) ||
 		!strings.Contains(string(body), `{"error":`) || b.calls.Load() != 0 {
 		t.Errorf("err %v body %q B calls %d", err, body, b.calls.Load())
+	}
+}
+
+func TestHealthCheck(t *testing.T) {
+	a, b := newBehaving(t, "A"), newBehaving(t, "B")
+	a.set("500")
+	cd := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	llm_proxy %s %s {
+		lb_policy first
+		format text
+		health_check 100ms
+	}
+}`, a.URL, b.URL))
+	// A fails its checks and is skipped without being asked to chat.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.calls.Store(0)
+		if _, s := text(t, cd.URL+"/?prompt=x"); s == "B" && a.calls.Load() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a failing upstream was never skipped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Back in service once it passes.
+	a.set("ok")
+	for {
+		if _, s := text(t, cd.URL+"/?prompt=x"); s == "A" {
+			break
+		}
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatal("a recovered upstream never came back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(cd.Log.String(), "upstream failed its health check") || !strings.Contains(cd.Log.String(), "passed its health check again") {
+		t.Error("health transitions not logged")
+	}
+}
+
+func TestPoolStateSurvivesReload(t *testing.T) {
+	a, b := newBehaving(t, "A"), newBehaving(t, "B")
+	cd := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	llm_proxy %s %s {
+		lb_policy first
+		format text
+	}
+}`, a.URL, b.URL))
+	a.set("429") // parks A for 30s
+	if _, s := text(t, cd.URL+"/?prompt=x"); s != "B" {
+		t.Fatalf("failover: %q", s)
+	}
+	a.set("ok")
+	path := cd.dir + "/Caddyfile"
+	if out, err := exec.Command(caddyBin, "reload", "--force", "--config", path, "--address", cd.Admin).CombinedOutput(); err != nil {
+		t.Fatalf("reload: %v %s", err, out)
+	}
+	calls := a.calls.Load()
+	if _, s := text(t, cd.URL+"/?prompt=x"); s != "B" || a.calls.Load() != calls {
+		t.Errorf("after a reload the parked upstream was asked again: %q", s)
 	}
 }
