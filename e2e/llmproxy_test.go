@@ -31,6 +31,7 @@ func newUpstream(t *testing.T, h http.HandlerFunc) *upstream {
 		b, _ := io.ReadAll(r.Body)
 		s := string(b)
 		u.body.Store(&s)
+		r.Body = io.NopCloser(strings.NewReader(s)) // the handler reads its own
 		u.last.Store(r)
 		h(w, r)
 	}))
