@@ -15,7 +15,7 @@ import (
 )
 
 func TestScreenGrabsXvfb(t *testing.T) {
-	display := xvfbtest.Start(t, "640x360x24")
+	display := xvfbtest.Start(t, "640x360x24").Display
 	t.Setenv("DISPLAY", display)
 	t.Setenv("XDG_SESSION_TYPE", "x11")
 

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -32,11 +34,31 @@ func Need(t testing.TB, programs ...string) {
 	}
 }
 
+// Server is a running Xvfb.
+type Server struct {
+	// Display is its display name, ":N".
+	Display string
+
+	cmd  *exec.Cmd
+	once sync.Once
+}
+
 // Start starts Xvfb on a display number it picks itself (-displayfd), with
-// one screen of the given geometry ("1280x720x24"), and returns the display
-// name (":N"). The server is killed when t ends. -noreset keeps it alive
-// when its last client, the capture, disconnects.
-func Start(t testing.TB, geometry string) string {
+// one screen of the given geometry ("1280x720x24"). It is killed when t
+// ends. -noreset keeps it alive when its last client, the capture,
+// disconnects.
+func Start(t testing.TB, geometry string) *Server {
+	t.Helper()
+	return start(t, "", geometry)
+}
+
+// StartDisplay starts Xvfb on the given display (":N"), as Start does.
+func StartDisplay(t testing.TB, display, geometry string) *Server {
+	t.Helper()
+	return start(t, display, geometry)
+}
+
+func start(t testing.TB, display, geometry string) *Server {
 	t.Helper()
 	Need(t, "Xvfb")
 	r, w, err := os.Pipe()
@@ -44,7 +66,12 @@ func Start(t testing.TB, geometry string) string {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	cmd := exec.Command("Xvfb", "-displayfd", "3", "-screen", "0", geometry, "-noreset", "-nolisten", "tcp")
+	var args []string
+	if display != "" {
+		args = append(args, display)
+	}
+	args = append(args, "-displayfd", "3", "-screen", "0", geometry, "-noreset", "-nolisten", "tcp")
+	cmd := exec.Command("Xvfb", args...)
 	cmd.ExtraFiles = []*os.File{w}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -53,29 +80,47 @@ func Start(t testing.TB, geometry string) string {
 		t.Fatalf("starting Xvfb: %v", err)
 	}
 	w.Close()
-	stop := func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}
-	t.Cleanup(stop)
+	s := &Server{cmd: cmd}
+	t.Cleanup(s.Stop)
 
 	line := make(chan string, 1)
 	go func() {
-		s, _ := bufio.NewReader(r).ReadString('\n')
-		line <- strings.TrimSpace(s)
+		l, _ := bufio.NewReader(r).ReadString('\n')
+		line <- strings.TrimSpace(l)
 	}()
 	select {
 	case n := <-line:
 		if n == "" {
-			stop() // before reading stderr, which cmd writes until then
+			s.Stop() // before reading stderr, which cmd writes until then
 			t.Fatalf("Xvfb did not start: %s", stderr.String())
 		}
-		return ":" + n
+		s.Display = ":" + n
+		return s
 	case <-time.After(10 * time.Second):
-		stop()
+		s.Stop()
 		t.Fatalf("Xvfb did not report its display within 10s: %s", stderr.String())
 	}
-	return ""
+	return nil
+}
+
+// Stop terminates the server and waits for it to exit, so that its display
+// number can be used again. Calling it again does nothing.
+func (s *Server) Stop() {
+	s.once.Do(func() {
+		// SIGTERM lets Xvfb remove its socket and lock file.
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() {
+			_ = s.cmd.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-done
+		}
+	})
 }
 
 // Paint fills the root window of display with a colour name or #rrggbb,
