@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,8 +39,15 @@ func openChromium(t *testing.T, url string) *page {
 	if bin == "" {
 		t.Skip("Chromium is not installed")
 	}
+	// Not t.TempDir: Chromium's helper processes may still write there
+	// while the test's cleanup removes it.
+	profile, err := os.MkdirTemp("", "desktopstream-chromium")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(bin, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--remote-debugging-port=0", "--remote-allow-origins=*", "--user-data-dir="+t.TempDir(), url)
+		"--remote-debugging-port=0", "--remote-allow-origins=*", "--user-data-dir="+profile, url)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // to kill its helpers with it
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -47,8 +56,14 @@ func openChromium(t *testing.T, url string) *page {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Wait()
+		for range 20 { // helpers may still be exiting
+			if os.RemoveAll(profile) == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	})
 	// "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
 	found := make(chan string, 1)
