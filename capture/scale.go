@@ -28,40 +28,39 @@ func Scale(dst, src *image.RGBA, maxWidth int) *image.RGBA {
 		dst = image.NewRGBA(image.Rect(0, 0, dw, dh))
 	}
 
-	// Source column spans of each destination column: [xs[i], xs[i+1]).
-	xs := make([]int, dw+1)
-	for i := range xs {
-		xs[i] = i * sw / dw
+	// col[sx] is the destination column of source column sx; n[dx] the
+	// number of source columns that column averages.
+	col := make([]int32, sw)
+	n := make([]uint32, dw)
+	for sx := range sw {
+		dx := sx * dw / sw
+		col[sx] = int32(dx)
+		n[dx]++
 	}
 	sums := make([]uint32, 3*dw)
 	for dy := range dh {
 		y0, y1 := dy*sh/dh, (dy+1)*sh/dh
 		clear(sums)
 		for y := y0; y < y1; y++ {
-			row := src.Pix[src.PixOffset(src.Rect.Min.X, src.Rect.Min.Y+y):]
-			for dx := range dw {
-				var r, g, b uint32
-				for i := xs[dx] * 4; i < xs[dx+1]*4; i += 4 {
-					p := row[i : i+3 : i+3]
-					r += uint32(p[0])
-					g += uint32(p[1])
-					b += uint32(p[2])
-				}
+			off := src.PixOffset(src.Rect.Min.X, src.Rect.Min.Y+y)
+			row := src.Pix[off : off+4*sw : off+4*sw]
+			for sx, dx := range col {
+				p := row[4*sx : 4*sx+3 : 4*sx+3]
 				s := sums[3*dx : 3*dx+3 : 3*dx+3]
-				s[0] += r
-				s[1] += g
-				s[2] += b
+				s[0] += uint32(p[0])
+				s[1] += uint32(p[1])
+				s[2] += uint32(p[2])
 			}
 		}
 		out := dst.Pix[dy*dst.Stride : dy*dst.Stride+4*dw]
 		rows := uint32(y1 - y0)
 		for dx := range dw {
-			n := rows * uint32(xs[dx+1]-xs[dx])
+			k := rows * n[dx]
 			s := sums[3*dx : 3*dx+3 : 3*dx+3]
 			o := out[4*dx : 4*dx+4 : 4*dx+4]
-			o[0] = uint8((s[0] + n/2) / n)
-			o[1] = uint8((s[1] + n/2) / n)
-			o[2] = uint8((s[2] + n/2) / n)
+			o[0] = uint8((s[0] + k/2) / k)
+			o[1] = uint8((s[1] + k/2) / k)
+			o[2] = uint8((s[2] + k/2) / k)
 			o[3] = 0xff
 		}
 	}
