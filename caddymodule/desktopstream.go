@@ -103,7 +103,7 @@ const (
 
 // Test hooks.
 var (
-	newGrabber = func(display int) capture.Grabber { return capture.Screen{Index: display} }
+	newGrabber = func(display int) capture.Grabber { return capture.NewScreen(display) }
 	// countDisplays tells how many displays there are, or why it cannot.
 	countDisplays = capture.Displays
 )

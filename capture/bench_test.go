@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kbinani/screenshot"
+
 	"github.com/llmstream/caddy-llmstream/capture/xvfbtest"
 )
 
@@ -85,15 +87,27 @@ func BenchmarkGrab(b *testing.B) {
 	if os.Getenv("DISPLAY") == "" {
 		b.Setenv("DISPLAY", xvfbtest.Start(b, "1920x1080x24").Display)
 	}
-	img, err := Screen{}.Grab()
+	s := NewScreen(0)
+	defer s.Close()
+	img, err := s.Grab()
 	if err != nil {
 		b.Skipf("no display: %v", err)
 	}
 	b.Logf("display %v", img.Rect)
-	measure(b, func() {
-		if _, err := (Screen{}).Grab(); err != nil {
-			b.Fatal(err)
-		}
+	b.Run("persistent", func(b *testing.B) {
+		measure(b, func() {
+			if _, err := s.Grab(); err != nil {
+				b.Fatal(err)
+			}
+		})
+	})
+	// What every grab cost when it went through screenshot alone.
+	b.Run("screenshot", func(b *testing.B) {
+		measure(b, func() {
+			if _, err := screenshot.CaptureDisplay(0); err != nil {
+				b.Fatal(err)
+			}
+		})
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"sync"
 
 	"github.com/kbinani/screenshot"
 )
@@ -23,41 +24,64 @@ type GrabberFunc func() (*image.RGBA, error)
 // Grab calls f.
 func (f GrabberFunc) Grab() (*image.RGBA, error) { return f() }
 
-// Screen grabs one display through github.com/kbinani/screenshot. On X11
-// that library opens a new X connection and a new shared-memory segment for
-// every capture, so a Screen holds no state and needs no closing.
+// Screen grabs one display. On X11 it keeps one connection and one
+// shared-memory segment from grab to grab, until Close; elsewhere, and on a
+// Wayland session or an X server with an unusual pixel format, it goes
+// through github.com/kbinani/screenshot, which sets both up anew for every
+// capture. It is safe for concurrent use.
 type Screen struct {
-	// Index is the display number, 0 for the primary display.
-	Index int
+	index int
+	mu    sync.Mutex
+	x     xScreen
+}
+
+// NewScreen returns a Screen grabbing display index, 0 for the primary one.
+// It connects to nothing until the first Grab.
+func NewScreen(index int) *Screen {
+	return &Screen{index: index}
 }
 
 // Grab captures the display. Errors say why it cannot: no display, an X
 // server that refuses the connection, an index beyond the displays.
-func (s Screen) Grab() (*image.RGBA, error) {
+func (s *Screen) Grab() (*image.RGBA, error) {
 	if err := preflight(); err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if img, handled, err := s.x.grab(s.index); handled {
+		return img, err
+	}
 	// screenshot reports failures to reach the display as an empty rectangle.
-	b := screenshot.GetDisplayBounds(s.Index)
+	b := screenshot.GetDisplayBounds(s.index)
 	if b.Empty() {
 		return nil, s.whyNoBounds()
 	}
 	img, err := screenshot.CaptureRect(b)
 	if err != nil {
-		return nil, fmt.Errorf("capturing display %d: %w", s.Index, err)
+		return nil, fmt.Errorf("capturing display %d: %w", s.index, err)
 	}
 	return img, nil
 }
 
-func (s Screen) whyNoBounds() error {
+// Close releases the connection to the display, if any. The next Grab
+// connects again.
+func (s *Screen) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.x.close()
+	return nil
+}
+
+func (s *Screen) whyNoBounds() error {
 	n, err := Displays()
 	if err != nil {
 		return err
 	}
-	if s.Index >= n {
-		return fmt.Errorf("display %d does not exist: there are %d", s.Index, n)
+	if s.index >= n {
+		return fmt.Errorf("display %d does not exist: there are %d", s.index, n)
 	}
-	return fmt.Errorf("display %d has no size", s.Index)
+	return fmt.Errorf("display %d has no size", s.index)
 }
 
 // Displays returns how many displays there are, or an error saying why that

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"image"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,6 +172,10 @@ type loop struct {
 
 func (h *Hub) run() {
 	defer h.wg.Done()
+	if c, ok := h.grab.(io.Closer); ok {
+		// An idle display needs no open connection.
+		defer c.Close()
+	}
 	t := time.NewTicker(time.Second / time.Duration(h.opts.FPS))
 	defer t.Stop()
 	var l loop
