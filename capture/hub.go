@@ -85,6 +85,8 @@ type Hub struct {
 }
 
 // NewHub returns a Hub grabbing from g. Nothing runs until a viewer joins.
+// If g is an io.Closer, the loop closes it whenever it stops; g must then
+// reopen what it needs on the next Grab, as Screen does.
 func NewHub(g Grabber, o Options) *Hub {
 	if o.FPS <= 0 {
 		o.FPS = 10
