@@ -103,6 +103,14 @@ func TestScreenMatchesScreenshot(t *testing.T) {
 		}
 	}
 
+	// The path taken on Wayland and for other pixel formats.
+	viaScreenshot := NewScreen(0)
+	viaScreenshot.x.fallback = true
+	got, err := viaScreenshot.Grab()
+	if err != nil || viaScreenshot.x.c != nil || !bytes.Equal(got.Pix, want.Pix) {
+		t.Fatalf("through screenshot: %v", err)
+	}
+
 	x.Stop()
 	if _, err := s.Grab(); err == nil {
 		t.Fatal("grabbed from a stopped server")
