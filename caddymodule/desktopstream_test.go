@@ -706,3 +706,20 @@ func TestDesktopStreamLoopStopsWithoutViewers(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// FuzzDesktopStreamCaddyfile: any input is parsed or refused, never a
+// panic, and what is accepted is in range.
+func FuzzDesktopStreamCaddyfile(f *testing.F) {
+	f.Add("desktop_stream {\n fps 25\n quality 85\n max_width 1280\n max_viewers 3\n display 1\n allow_remote\n}")
+	f.Add("desktop_stream {\n fps\n}")
+	f.Add("desktop_stream x {\n}")
+	f.Fuzz(func(t *testing.T, in string) {
+		var ds DesktopStream
+		if ds.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)) != nil {
+			return
+		}
+		if ds.FPS < 0 || ds.FPS > 60 || ds.Quality < 0 || ds.Quality > 100 || ds.MaxWidth < 0 || ds.MaxViewers < 0 || ds.Display < 0 {
+			t.Fatalf("accepted out of range: %+v", ds)
+		}
+	})
+}
