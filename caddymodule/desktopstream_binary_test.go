@@ -19,10 +19,11 @@ import (
 	"github.com/llmstream/caddy-llmstream/capture/xvfbtest"
 )
 
-// caddyBinary builds cmd/caddy once per test run.
+// caddyBinary builds cmd/caddy once per test run, always to the same
+// place, so that runs do not pile up binaries.
 var caddyBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "desktopstream-caddy")
-	if err != nil {
+	dir := filepath.Join(os.TempDir(), "caddy-llmstream-test")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "caddy")
