@@ -1,0 +1,392 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/llmstream/caddy-llmstream/capture"
+	"github.com/llmstream/caddy-llmstream/web"
+)
+
+func init() {
+	caddy.RegisterModule(DesktopStream{})
+}
+
+// DesktopStream streams a display of the machine Caddy runs on as MJPEG
+// (multipart/x-mixed-replace), which an <img> shows as live video.
+//
+//	GET <path>           the stream
+//	GET <path>?snapshot  one JPEG of the latest frame
+//	GET <path>?view      a viewer page: the stream, a snapshot button, reconnection
+//
+// All viewers of the same display with the same fps, quality and max_width
+// share one capture-and-encode loop, which runs only while someone watches
+// and survives config reloads. Without allow_remote only loopback clients
+// are served; to serve others, put basic_auth (or another authentication) in
+// front.
+type DesktopStream struct {
+	// Display is the index of the display to capture, 0 for the primary
+	// one. Default: 0.
+	Display int `json:"display,omitempty"`
+
+	// FPS is how many times a second the screen is grabbed, 1-60. Frames of
+	// an unchanged screen are not sent again, except once every 2 seconds
+	// as a keepalive. Default: 10.
+	FPS int `json:"fps,omitempty"`
+
+	// Quality is the JPEG quality, 1-100. Default: 70.
+	Quality int `json:"quality,omitempty"`
+
+	// MaxWidth scales screens wider than this many pixels down to it,
+	// keeping the aspect ratio. Default: 0, the native size.
+	MaxWidth int `json:"max_width,omitempty"`
+
+	// MaxViewers caps the number of concurrent streams of this handler;
+	// further viewers get 503. Snapshots and the viewer page do not count.
+	// Default: 0, no cap.
+	MaxViewers int `json:"max_viewers,omitempty"`
+
+	// AllowRemote serves clients that are not on the loopback interface.
+	// Without it they get 403. Default: false.
+	AllowRemote bool `json:"allow_remote,omitempty"`
+
+	// A rate limit (rate_limit) will sit here, checked in ServeHTTP after
+	// the access checks.
+
+	logger  *zap.Logger
+	key     hubKey
+	hub     *capture.Hub // nil until Provision took it from hubs
+	page    []byte
+	viewers *atomic.Int64 // a pointer: CaddyModule's value receiver copies the struct
+
+	// stopCtx is cancelled when this config's servers shut down or the
+	// module is cleaned up, whichever comes first; streams end with it.
+	stopCtx context.Context
+	stop    context.CancelCauseFunc
+}
+
+// hubKey identifies a capture loop: viewers with equal settings share one.
+type hubKey struct {
+	display, fps, quality, maxWidth int
+}
+
+// hubs holds the capture loops in use, across config reloads.
+var hubs = caddy.NewUsagePool()
+
+var (
+	errStopping  = errors.New("server stopping")
+	errCleanedUp = errors.New("handler cleaned up")
+)
+
+const (
+	defaultFPS     = 10
+	defaultQuality = 70
+
+	// firstFrameTimeout bounds the wait for the first frame: a DISPLAY on
+	// an unreachable host can hold a connection attempt for minutes.
+	firstFrameTimeout = 5 * time.Second
+	// writeTimeout drops a client that stops reading, which would otherwise
+	// hold its handler, and Caddy's shutdown, forever.
+	writeTimeout = 10 * time.Second
+)
+
+// Test hooks.
+var (
+	newGrabber = func(display int) capture.Grabber { return capture.NewScreen(display) }
+	// countDisplays tells how many displays there are, or why it cannot.
+	countDisplays = capture.Displays
+)
+
+// CaddyModule returns the Caddy module information.
+func (DesktopStream) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.desktop_stream",
+		New: func() caddy.Module { return new(DesktopStream) },
+	}
+}
+
+// Provision applies the defaults and takes this setting's capture loop from
+// the pool. It does not touch the display: Caddy must start without one.
+func (ds *DesktopStream) Provision(ctx caddy.Context) error {
+	ds.logger = ctx.Logger()
+	ds.viewers = new(atomic.Int64)
+	if ds.FPS == 0 {
+		ds.FPS = defaultFPS
+	}
+	if ds.Quality == 0 {
+		ds.Quality = defaultQuality
+	}
+
+	ds.stopCtx, ds.stop = context.WithCancelCause(context.Background())
+	// Caddy cleans modules up only after its servers have shut down, and a
+	// server shutting down waits for its handlers: streams must end when
+	// the shutdown begins.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterOnShutdown(func() { ds.stop(errStopping) })
+	}
+
+	page, err := web.Files.ReadFile("desktop.html")
+	if err != nil {
+		return fmt.Errorf("reading the viewer page: %w", err)
+	}
+	ds.page = page
+
+	ds.key = hubKey{ds.Display, ds.FPS, ds.Quality, ds.MaxWidth}
+	display := ds.Display
+	v, _, err := hubs.LoadOrNew(ds.key, func() (caddy.Destructor, error) {
+		// The hub outlives this config, so it logs through Caddy's default
+		// logger rather than this module's, whose sinks a reload may close.
+		log := caddy.Log().Named("http.handlers.desktop_stream")
+		return capture.NewHub(newGrabber(display), capture.Options{
+			FPS:      ds.FPS,
+			Quality:  ds.Quality,
+			MaxWidth: ds.MaxWidth,
+			OnFailure: func(err error) {
+				log.Error("screen capture failing", zap.Int("display", display), zap.Error(err))
+			},
+			OnRecovery: func() {
+				log.Info("screen capture recovered", zap.Int("display", display))
+			},
+		}), nil
+	})
+	if err != nil {
+		return err
+	}
+	ds.hub = v.(*capture.Hub)
+	return nil
+}
+
+// Validate checks the ranges, and that the display exists when a display
+// can be reached at all.
+func (ds *DesktopStream) Validate() error {
+	for _, c := range []struct {
+		name      string
+		v, lo, hi int
+	}{
+		{"display", ds.Display, 0, 1 << 10},
+		{"fps", ds.FPS, 1, 60},
+		{"quality", ds.Quality, 1, 100},
+		{"max_width", ds.MaxWidth, 0, 1 << 16},
+		{"max_viewers", ds.MaxViewers, 0, 1 << 20},
+	} {
+		if c.v < c.lo || c.v > c.hi {
+			return fmt.Errorf("%s %d out of range %d-%d", c.name, c.v, c.lo, c.hi)
+		}
+	}
+	if n, err := countDisplays(); err == nil && ds.Display >= n {
+		return fmt.Errorf("display %d does not exist: there are %d", ds.Display, n)
+	}
+	return nil
+}
+
+// Cleanup ends this handler's streams and releases its capture loop, which
+// stops when no other config uses it.
+func (ds *DesktopStream) Cleanup() error {
+	if ds.stop != nil {
+		ds.stop(errCleanedUp)
+	}
+	if ds.hub == nil {
+		return nil
+	}
+	ds.hub = nil
+	_, err := hubs.Delete(ds.key)
+	return err
+}
+
+// ServeHTTP serves the stream, a snapshot or the viewer page. It ends the
+// chain: next is not called.
+func (ds *DesktopStream) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		h.Set("Allow", "GET, HEAD")
+		return plainError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed")
+	}
+	if !ds.AllowRemote && !fromLoopback(r) {
+		return plainError(w, http.StatusForbidden, "only loopback clients are served (see allow_remote)")
+	}
+	// rate_limit goes here.
+
+	q := r.URL.Query()
+	switch {
+	case q.Has("view"):
+		return ds.serveViewer(w)
+	case q.Has("snapshot"):
+		return ds.serveSnapshot(w, r)
+	default:
+		return ds.serveStream(w, r)
+	}
+}
+
+// plainError answers with a plain-text message rather than returning a
+// caddyhttp.Error: Caddy's default error response has no body, and the
+// message (which display problem, which limit) is what the viewer page
+// shows.
+func plainError(w http.ResponseWriter, status int, msg string) error {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintln(w, "desktop_stream: "+msg)
+	return nil
+}
+
+// fromLoopback tells whether the direct peer is on the loopback interface,
+// and so is the client Caddy resolved through trusted_proxies, if any: a
+// local proxy in front must not make every client local.
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return false
+	}
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		a, err := netip.ParseAddr(ip)
+		return err == nil && a.Unmap().IsLoopback()
+	}
+	return true
+}
+
+func (ds *DesktopStream) serveViewer(w http.ResponseWriter) error {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Security-Policy", "default-src 'none'; img-src 'self' blob:; connect-src 'self'; "+
+		"style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Content-Length", strconv.Itoa(len(ds.page)))
+	_, err := w.Write(ds.page)
+	return err
+}
+
+// streamContext returns a context that ends when the client leaves or this
+// handler stops; release must be called when done with it.
+func (ds *DesktopStream) streamContext(r *http.Request) (ctx context.Context, release func()) {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	unhook := context.AfterFunc(ds.stopCtx, func() { cancel(context.Cause(ds.stopCtx)) })
+	return ctx, func() {
+		unhook()
+		cancel(nil)
+	}
+}
+
+// join adds a viewer to the hub and waits for its first frame.
+func (ds *DesktopStream) join(ctx context.Context) (*capture.Viewer, *capture.Frame, error) {
+	v, err := ds.hub.Join()
+	if err != nil {
+		return nil, nil, err
+	}
+	first, cancel := context.WithTimeoutCause(ctx, firstFrameTimeout,
+		fmt.Errorf("no frame from display %d within %v", ds.Display, firstFrameTimeout))
+	defer cancel()
+	f, err := v.Next(first)
+	if err != nil {
+		v.Leave()
+		return nil, nil, err
+	}
+	return v, f, nil
+}
+
+// unavailable answers 503 for a capture that could not start, unless the
+// client left, which needs no answer.
+func (ds *DesktopStream) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+	if r.Context().Err() != nil {
+		return nil
+	}
+	if c := ds.logger.Check(zapcore.DebugLevel, "no frame to serve"); c != nil {
+		c.Write(zap.Error(err))
+	}
+	return plainError(w, http.StatusServiceUnavailable, err.Error())
+}
+
+func (ds *DesktopStream) serveSnapshot(w http.ResponseWriter, r *http.Request) error {
+	ctx, release := ds.streamContext(r)
+	v, f, err := ds.join(ctx)
+	release()
+	if err != nil {
+		return ds.unavailable(w, r, err)
+	}
+	v.Leave()
+	h := w.Header()
+	h.Set("Content-Type", "image/jpeg")
+	h.Set("Content-Length", strconv.Itoa(len(f.JPEG)))
+	_, err = w.Write(f.JPEG)
+	return err
+}
+
+func (ds *DesktopStream) serveStream(w http.ResponseWriter, r *http.Request) error {
+	if n := ds.viewers.Add(1); ds.MaxViewers > 0 && n > int64(ds.MaxViewers) {
+		ds.viewers.Add(-1)
+		return plainError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many viewers (max_viewers %d)", ds.MaxViewers))
+	}
+	defer ds.viewers.Add(-1)
+
+	ctx, release := ds.streamContext(r)
+	defer release()
+	v, f, err := ds.join(ctx)
+	if err != nil {
+		return ds.unavailable(w, r, err)
+	}
+	defer v.Leave()
+
+	w.Header().Set("Content-Type", capture.StreamContentType)
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+
+	rc := http.NewResponseController(w)
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }() // the connection may serve more requests
+	pw := capture.NewPartWriter(w)
+	for {
+		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout)) // not every writer supports it
+		if err := pw.WriteFrame(f.JPEG); err != nil {
+			return nil // the client is gone; there is no one to tell
+		}
+		if err := rc.Flush(); err != nil {
+			return nil
+		}
+		if f, err = v.Next(ctx); err != nil {
+			break
+		}
+	}
+	if r.Context().Err() != nil {
+		return nil
+	}
+
+	// The capture failed or the server is stopping: end the multipart body
+	// properly, then break the connection. Browsers fire no event for a
+	// multipart image that ends after its first frame; a broken one at
+	// least drops its picture, which the viewer page watches for to
+	// reconnect.
+	cause := context.Cause(ctx)
+	if cause == nil {
+		cause = err
+	}
+	if c := ds.logger.Check(zapcore.DebugLevel, "ending stream"); c != nil {
+		c.Write(zap.Error(cause))
+	}
+	_ = pw.Close()
+	_ = rc.Flush()
+	panic(http.ErrAbortHandler)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*DesktopStream)(nil)
+	_ caddy.Validator             = (*DesktopStream)(nil)
+	_ caddy.CleanerUpper          = (*DesktopStream)(nil)
+	_ caddyhttp.MiddlewareHandler = (*DesktopStream)(nil)
+	_ caddy.Destructor            = (*capture.Hub)(nil)
+)
