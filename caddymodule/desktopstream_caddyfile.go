@@ -54,15 +54,15 @@ func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch name {
 		case "display":
-			ds.Display, err = intArg(d, 0, 1<<10)
+			ds.Display, err = intInRange(d, 0, 1<<10)
 		case "fps":
-			ds.FPS, err = intArg(d, 1, 60)
+			ds.FPS, err = intInRange(d, 1, 60)
 		case "quality":
-			ds.Quality, err = intArg(d, 1, 100)
+			ds.Quality, err = intInRange(d, 1, 100)
 		case "max_width":
-			ds.MaxWidth, err = intArg(d, 1, 1<<16)
+			ds.MaxWidth, err = intInRange(d, 1, 1<<16)
 		case "max_viewers":
-			ds.MaxViewers, err = intArg(d, 1, 1<<20)
+			ds.MaxViewers, err = intInRange(d, 1, 1<<20)
 		case "allow_remote":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -79,8 +79,8 @@ func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// intArg reads the subdirective's single argument, an integer in [lo, hi].
-func intArg(d *caddyfile.Dispenser, lo, hi int) (int, error) {
+// intInRange reads the subdirective's single argument, an integer in [lo, hi].
+func intInRange(d *caddyfile.Dispenser, lo, hi int) (int, error) {
 	name := d.Val()
 	if !d.NextArg() {
 		return 0, d.ArgErr()

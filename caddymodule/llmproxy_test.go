@@ -14,8 +14,8 @@ import (
 	"go.uber.org/goleak"
 )
 
-// provision builds an LLMProxy from a Caddyfile block, as Caddy would.
-func provision(t *testing.T, block string) *LLMProxy {
+// provisionProxy builds an LLMProxy from a Caddyfile block, as Caddy would.
+func provisionProxy(t *testing.T, block string) *LLMProxy {
 	t.Helper()
 	h := new(LLMProxy)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(block)); err != nil {
@@ -71,7 +71,7 @@ func TestNoGoroutineLeft(t *testing.T) {
 	defer up.Close()
 
 	for _, q := range []string{"", "n=1"} {
-		h := provision(t, "llm_proxy "+up.URL+"/v1?"+q+" {\n\theartbeat 10ms\n\tformat sse\n}")
+		h := provisionProxy(t, "llm_proxy "+up.URL+"/v1?"+q+" {\n\theartbeat 10ms\n\tformat sse\n}")
 		srv := serveProxy(t, h)
 		ctx, cancel := context.WithCancel(context.Background())
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/?prompt=hi", nil)
