@@ -6,80 +6,301 @@ package upstream
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
 )
 
-// wireChunk is what the proxy reads of a chat.completion.chunk (or, for an
-// upstream that ignored "stream", a chat.completion). Everything else stays
+// ChunkParser reads what the proxy needs of a chat.completion.chunk (or, for
+// an upstream that ignored "stream", a chat.completion): the first choice's
+// delta, the finish reason, usage, model, or an error. Everything else stays
 // in the raw bytes that the openai framing relays untouched.
-type wireChunk struct {
-	Model   string          `json:"model"`
-	Choices []wireChoice    `json:"choices"`
-	Usage   json.RawMessage `json:"usage"`
-	Error   json.RawMessage `json:"error"`
+//
+// It walks the JSON with a reusable jsontext decoder and points the chunk's
+// fields into the chunk's copy of the data, so that a stream's chunks cost
+// no allocation once the buffers have grown (encoding/json costs a dozen
+// per chunk here). A ChunkParser belongs to one stream.
+type ChunkParser struct {
+	dec      *jsontext.Decoder
+	r        bytes.Reader
+	raw      []byte // the data being parsed: the chunk's own copy
+	model    []byte // the model name last seen, raw, and its string
+	modelStr string
 }
 
-type wireChoice struct {
-	Index        int       `json:"index"`
-	Delta        *wireDiff `json:"delta"`
-	Message      *wireDiff `json:"message"`
-	FinishReason *string   `json:"finish_reason"`
-}
+// The decoder is lenient where upstreams are sloppy but the bytes can still
+// be passed on: repeated names (the last wins) and invalid UTF-8.
+var decodeOptions = []jsontext.Options{jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true)}
 
-type wireDiff struct {
-	Content          json.RawMessage `json:"content"`
-	ReasoningContent json.RawMessage `json:"reasoning_content"`
-	Reasoning        json.RawMessage `json:"reasoning"`
-	ToolCalls        json.RawMessage `json:"tool_calls"`
-}
-
-// ParseChunk decodes the data of one upstream event into c. An error event
-// ({"error":...}) sets c.Err. Data that is not a JSON object is an error.
+// ParseChunk decodes one event's data into c with a fresh parser.
 func ParseChunk(data []byte, c *chunk.Chunk) error {
-	var wc wireChunk
-	if err := json.Unmarshal(data, &wc); err != nil {
+	return new(ChunkParser).Parse(data, c)
+}
+
+// Parse decodes the data of one upstream event into c. An error event
+// ({"error":...}) sets c.Err. Data that is not a JSON object is an error.
+func (p *ChunkParser) Parse(data []byte, c *chunk.Chunk) error {
+	c.Raw = append(c.Raw[:0], data...)
+	p.raw = c.Raw
+	p.r.Reset(c.Raw)
+	if p.dec == nil {
+		p.dec = jsontext.NewDecoder(&p.r, decodeOptions...)
+	} else {
+		p.dec.Reset(&p.r, decodeOptions...)
+	}
+	if err := p.object(c); err != nil {
 		return fmt.Errorf("decoding upstream chunk: %w", err)
 	}
-	c.Raw = append(c.Raw[:0], data...)
-	if isSet(wc.Error) {
-		c.Err = parseError(wc.Error)
-		return nil
+	return nil
+}
+
+var errNotObject = errors.New("not a JSON object")
+
+// object walks the top level.
+func (p *ChunkParser) object(c *chunk.Chunk) error {
+	d := p.dec
+	if d.PeekKind() != '{' {
+		return errNotObject
 	}
-	c.Model = wc.Model
-	if isSet(wc.Usage) {
-		c.Usage = wc.Usage
+	if _, err := d.ReadToken(); err != nil {
+		return err
 	}
-	for i := range wc.Choices {
-		ch := &wc.Choices[i]
-		if ch.Index != 0 { // the framings other than openai carry the first choice only
-			continue
+	var errVal []byte
+	for d.PeekKind() != '}' {
+		name, err := p.name()
+		if err != nil {
+			return err
 		}
-		c.HasChoices = true
-		if ch.FinishReason != nil {
-			c.FinishReason = *ch.FinishReason
-		}
-		d := ch.Delta
-		if d == nil {
-			d = ch.Message
-		}
-		if d == nil {
-			continue
-		}
-		c.Content = nonEmptyString(d.Content)
-		c.Reasoning = nonEmptyString(d.ReasoningContent)
-		if c.Reasoning == nil {
-			c.Reasoning = nonEmptyString(d.Reasoning)
-		}
-		if isSet(d.ToolCalls) && !bytes.Equal(bytes.TrimSpace(d.ToolCalls), []byte("[]")) {
-			c.ToolCalls = d.ToolCalls
+		switch string(name) { // no allocation: the compiler compares in place
+		case "model":
+			v, err := p.value()
+			if err != nil {
+				return err
+			}
+			c.Model = p.modelName(v)
+		case "choices":
+			if err := p.choices(c); err != nil {
+				return err
+			}
+		case "usage":
+			v, err := p.value()
+			if err != nil {
+				return err
+			}
+			if isSet(v) {
+				c.Usage = v
+			}
+		case "error":
+			if errVal, err = p.value(); err != nil {
+				return err
+			}
+		default:
+			if err := d.SkipValue(); err != nil {
+				return err
+			}
 		}
 	}
-	if len(wc.Choices) > 0 {
-		c.HasChoices = true
+	if _, err := d.ReadToken(); err != nil {
+		return err
+	}
+	if _, err := d.ReadToken(); err != jsontextEOF {
+		return errors.New("data after the JSON object")
+	}
+	if isSet(errVal) {
+		*c = chunk.Chunk{Raw: c.Raw, Err: parseError(errVal)}
 	}
 	return nil
+}
+
+// jsontextEOF is what the decoder returns at the clean end of its input.
+var jsontextEOF = func() error {
+	_, err := jsontext.NewDecoder(bytes.NewReader(nil)).ReadToken()
+	return err
+}()
+
+// choices walks the choices array, keeping the first choice's fields.
+func (p *ChunkParser) choices(c *chunk.Chunk) error {
+	d := p.dec
+	if d.PeekKind() != '[' {
+		return d.SkipValue()
+	}
+	if _, err := d.ReadToken(); err != nil {
+		return err
+	}
+	for d.PeekKind() != ']' {
+		c.HasChoices = true
+		var ch chunk.Chunk // the element's fields, kept if its index is 0
+		first := true
+		if d.PeekKind() != '{' {
+			if err := d.SkipValue(); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := d.ReadToken(); err != nil {
+			return err
+		}
+		for d.PeekKind() != '}' {
+			name, err := p.name()
+			if err != nil {
+				return err
+			}
+			switch string(name) {
+			case "index":
+				v, err := p.value()
+				if err != nil {
+					return err
+				}
+				first = string(v) == "0"
+			case "delta", "message":
+				if err := p.delta(&ch); err != nil {
+					return err
+				}
+			case "finish_reason":
+				v, err := p.value()
+				if err != nil {
+					return err
+				}
+				ch.FinishReason = finishReason(v)
+			default:
+				if err := d.SkipValue(); err != nil {
+					return err
+				}
+			}
+		}
+		if _, err := d.ReadToken(); err != nil {
+			return err
+		}
+		if first { // the framings other than openai carry the first choice only
+			c.Content, c.Reasoning, c.ToolCalls = ch.Content, ch.Reasoning, ch.ToolCalls
+			if ch.FinishReason != "" {
+				c.FinishReason = ch.FinishReason
+			}
+		}
+	}
+	_, err := d.ReadToken()
+	return err
+}
+
+// delta reads a delta (or message) object into ch.
+func (p *ChunkParser) delta(ch *chunk.Chunk) error {
+	d := p.dec
+	if d.PeekKind() != '{' {
+		return d.SkipValue()
+	}
+	if _, err := d.ReadToken(); err != nil {
+		return err
+	}
+	var reasoning json.RawMessage
+	for d.PeekKind() != '}' {
+		name, err := p.name()
+		if err != nil {
+			return err
+		}
+		var dst *json.RawMessage
+		switch string(name) {
+		case "content":
+			dst = &ch.Content
+		case "reasoning_content":
+			dst = &ch.Reasoning
+		case "reasoning":
+			dst = &reasoning
+		case "tool_calls":
+			dst = &ch.ToolCalls
+		default:
+			if err := d.SkipValue(); err != nil {
+				return err
+			}
+			continue
+		}
+		v, err := p.value()
+		if err != nil {
+			return err
+		}
+		*dst = v
+	}
+	ch.Content = nonEmptyString(ch.Content)
+	ch.Reasoning = nonEmptyString(ch.Reasoning)
+	if ch.Reasoning == nil {
+		ch.Reasoning = nonEmptyString(reasoning)
+	}
+	if !isSet(ch.ToolCalls) || bytes.Equal(ch.ToolCalls, []byte("[]")) {
+		ch.ToolCalls = nil
+	}
+	_, err := d.ReadToken()
+	return err
+}
+
+// name reads an object member's name, unquoted. Names with escapes are
+// decoded; plain ones point into the data.
+func (p *ChunkParser) name() ([]byte, error) {
+	v, err := p.dec.ReadValue()
+	if err != nil {
+		return nil, err
+	}
+	if len(v) < 2 || v[0] != '"' {
+		return nil, errors.New("object name is not a string")
+	}
+	if bytes.IndexByte(v, '\\') < 0 {
+		return v[1 : len(v)-1], nil
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, err
+	}
+	return []byte(s), nil
+}
+
+// value reads one value and returns it as a slice of the chunk's copy of
+// the data, which outlives the decoder's buffer.
+func (p *ChunkParser) value() (json.RawMessage, error) {
+	v, err := p.dec.ReadValue()
+	if err != nil {
+		return nil, err
+	}
+	end := int(p.dec.InputOffset())
+	if end > len(p.raw) || end < len(v) || !bytes.Equal(p.raw[end-len(v):end], v) {
+		return json.RawMessage(v.Clone()), nil // cannot happen; stay correct if it does
+	}
+	return json.RawMessage(p.raw[end-len(v) : end : end]), nil
+}
+
+// modelName returns the model as a string, allocating only when it changes.
+func (p *ChunkParser) modelName(v []byte) string {
+	if !bytes.Equal(v, p.model) {
+		p.model = append(p.model[:0], v...)
+		p.modelStr = ""
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			p.modelStr = s
+		}
+	}
+	return p.modelStr
+}
+
+// finishReason returns the finish reason, without allocating for the
+// common ones.
+func finishReason(v []byte) string {
+	switch string(v) {
+	case "null":
+		return ""
+	case `"stop"`:
+		return "stop"
+	case `"length"`:
+		return "length"
+	case `"tool_calls"`:
+		return "tool_calls"
+	case `"content_filter"`:
+		return "content_filter"
+	case `"function_call"`:
+		return "function_call"
+	}
+	var s string
+	_ = json.Unmarshal(v, &s)
+	return s
 }
 
 // parseError reads an OpenAI-style error object, or a bare string, as the

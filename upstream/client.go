@@ -186,6 +186,7 @@ type Stream struct {
 	resp    *http.Response
 	body    *watchedBody
 	events  *EventReader
+	parser  ChunkParser
 	plain   bool // the upstream ignored "stream" and sent one JSON body
 	maxLine int
 
@@ -237,7 +238,7 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 			return io.EOF
 		}
 		s.arrived()
-		if err := ParseChunk(ev.Data, c); err != nil {
+		if err := s.parser.Parse(ev.Data, c); err != nil {
 			return err
 		}
 		if c.Err != nil {
