@@ -61,8 +61,9 @@ type DesktopStream struct {
 	// Without it they get 403. Default: false.
 	AllowRemote bool `json:"allow_remote,omitempty"`
 
-	// A rate limit (rate_limit) will sit here, checked in ServeHTTP after
-	// the access checks.
+	// Per-client rate limit, checked after the access checks. Snapshots
+	// and the viewer page count too.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 
 	logger  *zap.Logger
 	key     hubKey
@@ -120,6 +121,11 @@ func (DesktopStream) CaddyModule() caddy.ModuleInfo {
 // the pool. It does not touch the display: Caddy must start without one.
 func (ds *DesktopStream) Provision(ctx caddy.Context) error {
 	ds.logger = ctx.Logger()
+	if ds.RateLimit != nil {
+		if err := ds.RateLimit.Provision(ctx, "desktop_stream", ds); err != nil {
+			return fmt.Errorf("desktop_stream: %w", err)
+		}
+	}
 	ds.viewers = new(atomic.Int64)
 	if ds.FPS == 0 {
 		ds.FPS = defaultFPS
@@ -196,6 +202,11 @@ func (ds *DesktopStream) Cleanup() error {
 	if ds.stop != nil {
 		ds.stop(errCleanedUp)
 	}
+	if ds.RateLimit != nil {
+		if err := ds.RateLimit.Cleanup(); err != nil {
+			return err
+		}
+	}
 	if ds.hub == nil {
 		return nil
 	}
@@ -218,7 +229,17 @@ func (ds *DesktopStream) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 	if !ds.AllowRemote && !fromLoopback(r) {
 		return plainError(w, http.StatusForbidden, "only loopback clients are served (see allow_remote)")
 	}
-	// rate_limit goes here.
+	if ds.RateLimit != nil {
+		release, err := ds.RateLimit.Admit(w, r)
+		if err != nil {
+			e := asError(err)
+			if e.RetryAfter != "" {
+				h.Set("Retry-After", e.RetryAfter)
+			}
+			return plainError(w, e.Status, e.Message)
+		}
+		defer release()
+	}
 
 	q := r.URL.Query()
 	switch {

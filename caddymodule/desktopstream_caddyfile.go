@@ -68,7 +68,8 @@ func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			ds.AllowRemote = true
-		// rate_limit will be parsed here.
+		case "rate_limit":
+			ds.RateLimit, err = parseRateLimit(d)
 		default:
 			return d.Errf("unknown subdirective %s", name)
 		}

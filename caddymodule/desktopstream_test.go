@@ -53,9 +53,9 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 		{name: "unknown", in: `desktop_stream {
 			framerate 10
 		}`, err: "unknown subdirective framerate"},
-		{name: "rate_limit not yet", in: `desktop_stream {
+		{name: "rate_limit bad rate", in: `desktop_stream {
 			rate_limit 10
-		}`, err: "unknown subdirective rate_limit"},
+		}`, err: "rate_limit"},
 		{name: "duplicate", in: `desktop_stream {
 			fps 10
 			fps 20
@@ -486,10 +486,6 @@ func TestDesktopStreamRefusals(t *testing.T) {
 	local := provision(t, `desktop_stream`)
 	remote := provision(t, "desktop_stream {\n allow_remote\n}")
 
-	withClientIP := func(r *http.Request, ip string) *http.Request {
-		ctx := context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip})
-		return r.WithContext(ctx)
-	}
 	for _, c := range []struct {
 		name   string
 		ds     *DesktopStream
@@ -722,4 +718,29 @@ func FuzzDesktopStreamCaddyfile(f *testing.F) {
 			t.Fatalf("accepted out of range: %+v", ds)
 		}
 	})
+}
+
+// TestDesktopRateLimit: the same rate_limit as llm_proxy, checked after the
+// access checks, refusing with 429 and Retry-After in plain text.
+func TestDesktopRateLimit(t *testing.T) {
+	ds := provision(t, "desktop_stream {\n\tallow_remote\n\trate_limit 2-M\n}")
+	for i, want := range []int{200, 200, 429} {
+		r := withClientIP(httptest.NewRequest("GET", "/?view", nil), "203.0.113.9")
+		w := httptest.NewRecorder()
+		if err := ds.ServeHTTP(w, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code != want || w.Header().Get("X-RateLimit-Limit") != "2" {
+			t.Fatalf("request %d: %d %v", i, w.Code, w.Header())
+		}
+		if want == 429 && (w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), "rate limit exceeded")) {
+			t.Errorf("refusal: %v %q", w.Header(), w.Body.String())
+		}
+	}
+}
+
+// withClientIP sets Caddy's client_ip var, as the server would.
+func withClientIP(r *http.Request, ip string) *http.Request {
+	ctx := context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip})
+	return r.WithContext(ctx)
 }
