@@ -137,6 +137,10 @@ const (
 	defaultIdle       = 60 * time.Second
 	defaultTotal      = 30 * time.Minute
 	defaultWrite      = 30 * time.Second
+
+	// abortLinger is how long a failed stream stays open after its error
+	// signal, so the client reads it before the connection breaks.
+	abortLinger = 200 * time.Millisecond
 )
 
 // CaddyModule returns the Caddy module information.
@@ -342,7 +346,16 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		_ = fw.Fail(e)
 		fw.Close()
 		// The framing's error signal is out; breaking the response makes
-		// sure no client mistakes what it got for a complete answer.
+		// sure no client mistakes what it got for a complete answer. But
+		// an abort closes the socket at once, and a reset that follows the
+		// data can make the client's kernel drop what it has not read yet,
+		// the error signal included: give the client a moment first.
+		linger := time.NewTimer(abortLinger)
+		select {
+		case <-r.Context().Done():
+		case <-linger.C:
+		}
+		linger.Stop()
 		panic(http.ErrAbortHandler)
 	}
 }
