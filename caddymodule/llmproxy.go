@@ -284,6 +284,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 
 	if !req.Stream {
 		rec.status = http.StatusOK
+		tries.answered()
 		return h.relayWhole(w, r, st, rec)
 	}
 
@@ -307,6 +308,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	for {
 		err := st.Next(&c)
 		if err == nil {
+			tries.answered()
 			rec.chunk(&c, tries.member)
 			if err := fw.Chunk(&c); err != nil {
 				rec.outcome = outcomeClientGone
@@ -366,6 +368,16 @@ type attempts struct {
 	cands  []*upstream.Member
 	next   int
 	member *upstream.Member // the one streaming now
+	ok     bool             // member has answered with a chunk
+}
+
+// answered records that the streaming upstream delivered, which ends its
+// run of consecutive failures.
+func (a *attempts) answered() {
+	if !a.ok {
+		a.ok = true
+		a.pool.Succeeded(a.member)
+	}
 }
 
 // open opens a stream on the next candidate that answers, recording the
@@ -378,7 +390,7 @@ func (a *attempts) open(ctx context.Context, req *upstream.Request, rec *record)
 		a.next++
 		st, err := m.Open(ctx, req)
 		if err == nil {
-			a.member = m
+			a.member, a.ok = m, false
 			rec.setUpstream(m)
 			return st, nil
 		}

@@ -307,3 +307,25 @@ func TestPoolStateSurvivesReload(t *testing.T) {
 		t.Errorf("after a reload the parked upstream was asked again: %q", s)
 	}
 }
+
+// TestOccasionalFailuresDoNotPark: failures count only in a row; an
+// upstream that answers between them stays in service.
+func TestOccasionalFailuresDoNotPark(t *testing.T) {
+	a, b := newBehaving(t, "A"), newBehaving(t, "B")
+	cd := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	llm_proxy %s %s {
+		lb_policy first
+		format text
+	}
+}`, a.URL, b.URL))
+	for i := 0; i < 5; i++ {
+		a.set("500")
+		if _, s := text(t, cd.URL+"/?prompt=x"); s != "B" {
+			t.Fatalf("failover %d: %q", i, s)
+		}
+		a.set("ok")
+		if _, s := text(t, cd.URL+"/?prompt=x"); s != "A" {
+			t.Fatalf("after %d single failures, each followed by an answer, A was parked: %q", i+1, s)
+		}
+	}
+}
