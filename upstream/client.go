@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"mime"
 	"net"
@@ -358,9 +357,4 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 		b.s.activity()
 	}
 	return n, err
-}
-
-// String describes the client for logs; it never includes the key.
-func (c *Client) String() string {
-	return fmt.Sprintf("upstream %s", c.BaseURL)
 }

@@ -64,9 +64,6 @@ func (m *Member) Open(ctx context.Context, req *Request) (*Stream, error) {
 	return s, nil
 }
 
-// Open tells how many streams are open on m.
-func (m *Member) OpenStreams() int64 { return m.open.Load() }
-
 // Healthy tells whether m may be tried at t.
 func (m *Member) Healthy(t time.Time) bool { return t.UnixNano() >= m.downUntil.Load() }
 
