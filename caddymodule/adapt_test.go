@@ -72,6 +72,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"model renamed twice", "llm_proxy {\n\tupstream http://a/v1 {\n\t\tmodel a b\n\t\tmodel a c\n\t}\n}", `model "a" renamed twice`},
 		{"weight zero", "llm_proxy {\n\tupstream http://a/v1 {\n\t\tweight 0\n\t}\n}", `bad number "0"`},
 		{"simulator unknown", "llm_simulator {\n\tspeed 3\n}", `unknown subdirective "speed"`},
+		{"simulator interval range", "llm_simulator {\n\tchunk_interval 50ms 20ms\n}", "must not be below the first"},
+		{"simulator interval args", "llm_simulator {\n\tchunk_interval 1ms 2ms 3ms\n}", "wrong argument count"},
 		{"simulator chunks", "llm_simulator {\n\tchunks 0\n}", `bad chunks "0"`},
 		{"simulator duplicate", "llm_simulator {\n\tchunks 1\n\tchunks 2\n}", `duplicate subdirective "chunks"`},
 	}

@@ -27,6 +27,9 @@ func init() {
 type LLMSimulator struct {
 	// The pause between two chunks. Default: 30ms.
 	ChunkInterval *caddy.Duration `json:"chunk_interval,omitempty"`
+	// If above chunk_interval, each pause is a random length between the
+	// two, as a real model's pacing varies.
+	ChunkIntervalMax caddy.Duration `json:"chunk_interval_max,omitempty"`
 	// Content chunks per reply. Default: 20.
 	Chunks int `json:"chunks,omitempty"`
 	// The model it reports when a request names none. Default: llm-simulator.
@@ -48,9 +51,10 @@ func (LLMSimulator) CaddyModule() caddy.ModuleInfo {
 // Provision builds the simulator.
 func (s *LLMSimulator) Provision(caddy.Context) error {
 	s.sim = simulator.New(simulator.Config{
-		ChunkInterval: durationOr(s.ChunkInterval, defaultSimInterval),
-		Chunks:        s.Chunks,
-		Model:         s.Model,
+		ChunkInterval:    durationOr(s.ChunkInterval, defaultSimInterval),
+		ChunkIntervalMax: time.Duration(s.ChunkIntervalMax),
+		Chunks:           s.Chunks,
+		Model:            s.Model,
 	})
 	return nil
 }
@@ -70,7 +74,7 @@ func parseLLMSimulator(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 // UnmarshalCaddyfile sets up the simulator from Caddyfile tokens. Syntax:
 //
 //	llm_simulator [<matcher>] {
-//		chunk_interval <duration>
+//		chunk_interval <duration> [<max>]
 //		chunks <n>
 //		model <name>
 //	}
@@ -88,11 +92,26 @@ func (s *LLMSimulator) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[name] = true
 		switch name {
 		case "chunk_interval":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
+			// One duration, or a range that each pause is drawn from.
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
 			}
-			s.ChunkInterval = &dur
+			var durs [2]caddy.Duration
+			for i, a := range args {
+				v, err := caddy.ParseDuration(a)
+				if err != nil || v < 0 {
+					return d.Errf("bad chunk_interval %q: want a duration such as 30ms", a)
+				}
+				durs[i] = caddy.Duration(v)
+			}
+			s.ChunkInterval = &durs[0]
+			if len(args) == 2 {
+				if durs[1] < durs[0] {
+					return d.Errf("chunk_interval %s %s: the second duration must not be below the first", args[0], args[1])
+				}
+				s.ChunkIntervalMax = durs[1]
+			}
 		case "chunks":
 			var v string
 			if err := oneArg(d, &v); err != nil {

@@ -2,6 +2,7 @@ package simulator
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -66,10 +67,11 @@ type reply struct {
 	id       string
 	created  int64
 	interval time.Duration
-	content  int    // content chunks
-	finish   string // finish_reason of the last choice chunk
-	usage    bool   // stream_options.include_usage
-	prompt   int    // prompt_tokens
+	jitter   time.Duration // each pause is interval plus up to this much
+	content  int           // content chunks
+	finish   string        // finish_reason of the last choice chunk
+	usage    bool          // stream_options.include_usage
+	prompt   int           // prompt_tokens
 	words    []string
 }
 
@@ -140,7 +142,7 @@ func number(s string) (int, bool) {
 func (rp *reply) apply(sp spec) {
 	rp.kind, rp.status = sp.kind, sp.status
 	if sp.slow {
-		rp.interval = sp.interval
+		rp.interval, rp.jitter = sp.interval, 0
 	}
 	if sp.chunks > 0 {
 		rp.content = sp.chunks
@@ -148,6 +150,14 @@ func (rp *reply) apply(sp spec) {
 	if sp.kind == tools {
 		rp.finish = "tool_calls"
 	}
+}
+
+// pause is how long to wait before the next chunk.
+func (rp *reply) pause() time.Duration {
+	if rp.jitter <= 0 {
+		return rp.interval
+	}
+	return rp.interval + rand.N(rp.jitter+1)
 }
 
 // word is the i-th word of the reply: "Echo:", the prompt's words, then the
@@ -332,7 +342,7 @@ func (s *Simulator) stream(w http.ResponseWriter, r *http.Request, rp *reply) {
 	switch rp.kind {
 	case reasoning:
 		for _, piece := range reasoningPieces {
-			if !p.wait(rp.interval) {
+			if !p.wait(rp.pause()) {
 				return
 			}
 			e.begin()
@@ -345,7 +355,7 @@ func (s *Simulator) stream(w http.ResponseWriter, r *http.Request, rp *reply) {
 		}
 	case tools:
 		for _, d := range toolDeltas {
-			if !p.wait(rp.interval) {
+			if !p.wait(rp.pause()) {
 				return
 			}
 			e.begin()
@@ -356,7 +366,7 @@ func (s *Simulator) stream(w http.ResponseWriter, r *http.Request, rp *reply) {
 		}
 	}
 	for i, n := 0, rp.sent(); i < n; i++ {
-		if !p.wait(rp.interval) {
+		if !p.wait(rp.pause()) {
 			return
 		}
 		e.begin()
@@ -416,7 +426,7 @@ func (s *Simulator) complete(w http.ResponseWriter, r *http.Request, rp *reply) 
 		writeError(w, http.StatusInternalServerError, "server_error", "", "simulated upstream error")
 		return
 	}
-	if !p.wait(rp.interval * time.Duration(rp.generated())) {
+	if !p.wait((rp.interval + rp.jitter/2) * time.Duration(rp.generated())) {
 		return
 	}
 

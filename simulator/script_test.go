@@ -321,6 +321,36 @@ func TestPacing(t *testing.T) {
 	}
 }
 
+// TestPauseRange checks that a chunk_interval range draws each pause from
+// the whole range, and that sim-slow-<ms> fixes the pause again.
+func TestPauseRange(t *testing.T) {
+	s := New(Config{ChunkInterval: 20 * time.Millisecond, ChunkIntervalMax: 50 * time.Millisecond})
+	rp, why := s.plan(&chatRequest{Messages: []chatMessage{{Role: "user", Content: []byte(`"x"`)}}}, nil)
+	if rp == nil {
+		t.Fatal(why)
+	}
+	var low, high bool
+	for range 1000 {
+		d := rp.pause()
+		if d < 20*time.Millisecond || d > 50*time.Millisecond {
+			t.Fatalf("pause %v outside 20ms..50ms", d)
+		}
+		low = low || d < 30*time.Millisecond
+		high = high || d > 40*time.Millisecond
+	}
+	if !low || !high {
+		t.Errorf("pauses do not spread over the range (below 30ms: %v, above 40ms: %v)", low, high)
+	}
+	rp.apply(parseModel("sim-slow-7"))
+	if d := rp.pause(); d != 7*time.Millisecond {
+		t.Errorf("sim-slow-7 pause %v, want 7ms", d)
+	}
+	// A maximum below the interval is no range.
+	if s := New(Config{ChunkInterval: 20 * time.Millisecond, ChunkIntervalMax: time.Millisecond}); s.cfg.ChunkIntervalMax != 20*time.Millisecond {
+		t.Errorf("max %v, want it raised to the interval", s.cfg.ChunkIntervalMax)
+	}
+}
+
 func TestStamp(t *testing.T) {
 	h := newHarness(t, Config{ChunkInterval: time.Millisecond, Chunks: 5})
 	before := time.Now().UnixNano()

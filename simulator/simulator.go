@@ -80,6 +80,10 @@ type Config struct {
 	// pause at all: the Caddy wrapper, not this package, picks a realistic
 	// default, so tests and benchmarks can run at full speed.
 	ChunkInterval time.Duration
+	// ChunkIntervalMax, when above ChunkInterval, makes each pause a
+	// uniformly random length between the two, as a real model's pacing
+	// varies. The text stays deterministic; only its timing does not.
+	ChunkIntervalMax time.Duration
 	// Chunks is the number of content chunks per reply; <= 0 means
 	// DefaultChunks.
 	Chunks int
@@ -132,6 +136,9 @@ func New(cfg Config) *Simulator {
 	}
 	if cfg.ChunkInterval < 0 {
 		cfg.ChunkInterval = 0
+	}
+	if cfg.ChunkIntervalMax < cfg.ChunkInterval {
+		cfg.ChunkIntervalMax = cfg.ChunkInterval
 	}
 	return &Simulator{cfg: cfg, models: modelList(cfg.Model)}
 }
@@ -249,6 +256,7 @@ func (s *Simulator) plan(req *chatRequest, body []byte) (*reply, string) {
 		id:       requestID(body),
 		created:  time.Now().Unix(),
 		interval: s.cfg.ChunkInterval,
+		jitter:   s.cfg.ChunkIntervalMax - s.cfg.ChunkInterval,
 		content:  s.cfg.Chunks,
 		finish:   "stop",
 		usage:    req.Stream && req.StreamOptions != nil && req.StreamOptions.IncludeUsage,
