@@ -195,7 +195,7 @@ func (h *LLMProxy) Validate() error {
 	for _, m := range h.pool.Members {
 		u, err := url.Parse(m.BaseURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("llm_proxy: upstream %q is not an http(s) base URL such as https://api.openai.com/v1", u.Redacted())
+			return fmt.Errorf("llm_proxy: upstream %q is not an http(s) or h2c base URL such as https://api.openai.com/v1", u.Redacted())
 		}
 		if u.User != nil {
 			return errors.New("llm_proxy: put the upstream's credentials in api_key, not in its URL")

@@ -21,17 +21,19 @@ var upstreamPools = caddy.NewUsagePool()
 
 // pooledUpstreams is what upstreamPools holds.
 type pooledUpstreams struct {
-	pool      *upstream.Pool
-	transport *http.Transport
-	stop      context.CancelFunc
-	wg        sync.WaitGroup
+	pool       *upstream.Pool
+	transports []*http.Transport
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 // Destruct stops the health checks and closes idle connections.
 func (p *pooledUpstreams) Destruct() error {
 	p.stop()
 	p.wg.Wait()
-	p.transport.CloseIdleConnections()
+	for _, t := range p.transports {
+		t.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -78,13 +80,27 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 	h.poolKey = "llm_proxy:" + hex.EncodeToString(sum[:])
 
 	val, _, err := upstreamPools.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		transport := upstream.NewTransport(dial)
-		client := &http.Client{Transport: transport}
-		pool := &upstream.Pool{Policy: policy, MaxFails: 3}
+		p := &pooledUpstreams{pool: &upstream.Pool{Policy: policy, MaxFails: 3}}
+		// One transport for plain upstreams, one for h2c:// ones.
+		clients := map[bool]*http.Client{}
+		clientFor := func(h2c bool) *http.Client {
+			if c := clients[h2c]; c != nil {
+				return c
+			}
+			t := upstream.NewTransport(dial)
+			if h2c {
+				t = upstream.NewH2CTransport(dial)
+			}
+			p.transports = append(p.transports, t)
+			clients[h2c] = &http.Client{Transport: t}
+			return clients[h2c]
+		}
 		for _, u := range ups {
-			pool.Members = append(pool.Members, &upstream.Member{
+			base, h2c := upstream.CutH2C(u.To)
+			client := clientFor(h2c)
+			p.pool.Members = append(p.pool.Members, &upstream.Member{
 				Client: &upstream.Client{
-					HTTP: client, BaseURL: u.To, APIKey: u.APIKey, Header: header,
+					HTTP: client, BaseURL: base, APIKey: u.APIKey, Header: header,
 					FirstChunk: firstChunk, Idle: idle, Total: total, MaxLine: h.MaxEventSize,
 				},
 				Weight: u.Weight,
@@ -92,8 +108,8 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 			})
 		}
 		checkCtx, stop := context.WithCancel(context.Background())
-		p := &pooledUpstreams{pool: pool, transport: transport, stop: stop}
-		if h.HealthCheck > 0 && len(pool.Members) > 0 {
+		p.stop = stop
+		if h.HealthCheck > 0 && len(p.pool.Members) > 0 {
 			p.wg.Add(1)
 			go p.healthChecks(checkCtx, time.Duration(h.HealthCheck), h.logger)
 		}

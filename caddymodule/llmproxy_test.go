@@ -97,12 +97,48 @@ func TestNoGoroutineLeft(t *testing.T) {
 	}
 }
 
+// TestH2CUpstream checks that an h2c:// upstream is spoken to in HTTP/2
+// without TLS, and a plain http:// one in the same pool in HTTP/1.1.
+func TestH2CUpstream(t *testing.T) {
+	protos := make(chan string, 4)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		protos <- r.Proto
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}`+"\n\ndata: [DONE]\n\n")
+	}))
+	up.Config.Protocols = new(http.Protocols)
+	up.Config.Protocols.SetHTTP1(true)
+	up.Config.Protocols.SetUnencryptedHTTP2(true)
+	up.Start()
+	defer up.Close()
+	host := strings.TrimPrefix(up.URL, "http://")
+
+	h := provisionProxy(t, "llm_proxy h2c://"+host+"/v1 http://"+host+"/v1 {\n\tformat sse\n\tlb_policy round_robin\n}")
+	srv := serveProxy(t, h)
+	seen := map[string]bool{}
+	for range 2 {
+		resp, err := http.Get(srv.URL + "/?prompt=hi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), "event: done") {
+			t.Fatalf("no done: %q", body)
+		}
+		seen[<-protos] = true
+	}
+	if !seen["HTTP/2.0"] || !seen["HTTP/1.1"] {
+		t.Errorf("upstream saw %v, want HTTP/2.0 from h2c:// and HTTP/1.1 from http://", seen)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	for _, tt := range []struct{ block, want string }{
 		{"llm_proxy {\n\tmodel x\n}", "an upstream is required"},
-		{"llm_proxy ftp://x/v1", "not an http(s) base URL"},
+		{"llm_proxy ftp://x/v1", "not an http(s) or h2c base URL"},
 		{"llm_proxy https://user:pw@x/v1", "api_key, not in its URL"},
-		{"llm_proxy /v1", "not an http(s) base URL"},
+		{"llm_proxy /v1", "not an http(s) or h2c base URL"},
 	} {
 		h := new(LLMProxy)
 		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.block)); err != nil {

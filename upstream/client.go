@@ -56,6 +56,26 @@ func NewTransport(dial time.Duration) *http.Transport {
 	}
 }
 
+// NewH2CTransport returns the transport for h2c:// upstreams: HTTP/2 over
+// plain TCP by prior knowledge, so that many streams share a few
+// connections to an upstream on a trusted network (another Caddy, a local
+// gateway) instead of one connection and two file descriptors each.
+func NewH2CTransport(dial time.Duration) *http.Transport {
+	t := NewTransport(dial)
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetUnencryptedHTTP2(true)
+	return t
+}
+
+// CutH2C reports whether base names an h2c upstream (h2c://host/v1, as in
+// Caddy's reverse_proxy) and returns it as the http:// URL to request.
+func CutH2C(base string) (string, bool) {
+	if rest, ok := strings.CutPrefix(base, "h2c://"); ok {
+		return "http://" + rest, true
+	}
+	return base, false
+}
+
 // Open sends req and returns the upstream's answer once its status and
 // headers arrived with a success status. Failures are *chunk.Error values
 // with the status the client should get.
