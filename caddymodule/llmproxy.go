@@ -312,6 +312,9 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 			rec.chunk(&c, tries.member)
 			if err := fw.Chunk(&c); err != nil {
 				rec.outcome = outcomeClientGone
+				if c.HasDelta() {
+					rec.undelivered++ // produced for a client that had left
+				}
 				return nil
 			}
 			rec.flushed()

@@ -47,7 +47,9 @@ type record struct {
 	readAt     time.Time     // when the current chunk was read
 	chunks     int
 	bytes      int
-	logged     bool
+	// Deltas read from the upstream after the client left, never delivered.
+	undelivered int
+	logged      bool
 }
 
 // chunk notes a chunk read from the upstream.
@@ -127,6 +129,9 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 	metrics.requests.WithLabelValues(name, strconv.Itoa(rec.status), rec.outcome).Inc()
 	if rec.outcome == outcomeClientGone {
 		metrics.disconnects.WithLabelValues(name).Inc()
+		if rec.undelivered > 0 {
+			metrics.afterGone.WithLabelValues(name).Add(float64(rec.undelivered))
+		}
 	}
 	if usage.Prompt > 0 {
 		metrics.tokens.WithLabelValues(name, "prompt").Add(float64(usage.Prompt))
@@ -193,6 +198,7 @@ var metrics = struct {
 	tokens      *prometheus.CounterVec
 	failovers   *prometheus.CounterVec
 	disconnects *prometheus.CounterVec
+	afterGone   *prometheus.CounterVec
 }{}
 
 func init() {
@@ -218,6 +224,9 @@ func init() {
 		Help: "Requests moved to another upstream, by the upstream that failed."}, []string{"upstream"})
 	metrics.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "client_disconnects_total",
 		Help: "Streams whose client left before the end, by upstream."}, []string{"upstream"})
+	metrics.afterGone = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tokens_after_disconnect_total",
+		Help: "Deltas (about a token each) the upstream sent after the client left, read but never delivered. The upstream is cancelled the moment the client leaves, so this stays near zero."},
+		[]string{"upstream"})
 }
 
 // registerMetrics adds the collectors to this config's registry.
@@ -226,7 +235,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metrics.open, metrics.requests, metrics.ttfb, metrics.ttft, metrics.gap,
-		metrics.added, metrics.tokens, metrics.failovers, metrics.disconnects} {
+		metrics.added, metrics.tokens, metrics.failovers, metrics.disconnects, metrics.afterGone} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -156,5 +158,43 @@ func TestValidate(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "pw") {
 			t.Errorf("credentials in the error: %v", err)
 		}
+	}
+}
+
+// goneWriter is a client that received the headers and then left: every
+// write of content fails.
+type goneWriter struct {
+	httptest.ResponseRecorder
+	writes int
+}
+
+func (w *goneWriter) Write(b []byte) (int, error) { return 0, errors.New("client gone") }
+func (w *goneWriter) Flush()                      {}
+
+// TestDisconnectMetrics checks that a client that left mid-stream counts as
+// a disconnect, and the delta read for it as one it never got.
+func TestDisconnectMetrics(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"x"}}]}`+"\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer up.Close()
+	h := provisionProxy(t, "llm_proxy "+up.URL+"/v1 {\n\tformat ndjson\n}")
+	after := metrics.afterGone.WithLabelValues(up.URL + "/v1")
+	gone := metrics.disconnects.WithLabelValues(up.URL + "/v1")
+	before, goneBefore := testutil.ToFloat64(after), testutil.ToFloat64(gone)
+
+	w := &goneWriter{ResponseRecorder: *httptest.NewRecorder()}
+	r := httptest.NewRequest(http.MethodGet, "/?prompt=hi", nil)
+	if err := h.ServeHTTP(w, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	if d := testutil.ToFloat64(gone) - goneBefore; d != 1 {
+		t.Errorf("client_disconnects_total rose by %v, want 1", d)
+	}
+	if d := testutil.ToFloat64(after) - before; d != 1 {
+		t.Errorf("tokens_after_disconnect_total rose by %v, want 1", d)
 	}
 }
