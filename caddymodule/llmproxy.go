@@ -295,7 +295,14 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	fw := frame.NewWriter(w, rc.Flush, format)
 	fw.IncludeUsage = req.IncludeUsage
 	fw.StreamID = "llmstream"
-	fw.WriteTimeout, fw.SetDeadline = h.writeTimeout, rc.SetWriteDeadline
+	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {
+		// The server already arms a write deadline around every write
+		// and flush (its write_idle_timeout): make that one ours for
+		// this stream, rather than moving a second one twice per chunk.
+		defer iw.Override(h.writeTimeout, 0, 0)()
+	} else {
+		fw.WriteTimeout, fw.SetDeadline = h.writeTimeout, rc.SetWriteDeadline
+	}
 	rec.fw = fw
 	defer fw.Close()
 	if err := fw.Start(); err != nil {

@@ -47,6 +47,7 @@ type record struct {
 	readAt     time.Time     // when the current chunk was read
 	chunks     int
 	bytes      int
+	gap        prometheus.Observer // the chunk gap histogram of upstream
 	// Deltas read from the upstream after the client left, never delivered.
 	undelivered int
 	logged      bool
@@ -61,8 +62,8 @@ func (rec *record) chunk(c *chunk.Chunk, m *upstream.Member) {
 		if m != nil {
 			metrics.ttfb.WithLabelValues(m.BaseURL).Observe(since.Seconds())
 		}
-	} else if m != nil {
-		metrics.gap.WithLabelValues(m.BaseURL).Observe(now.Sub(rec.lastChunk).Seconds())
+	} else if rec.gap != nil {
+		rec.gap.Observe(now.Sub(rec.lastChunk).Seconds())
 	}
 	if rec.firstToken == 0 && c.HasDelta() {
 		rec.firstToken = since
@@ -87,6 +88,7 @@ func (rec *record) setUpstream(m *upstream.Member) {
 	}
 	rec.upstream = m
 	metrics.open.WithLabelValues(m.BaseURL).Inc()
+	rec.gap = metrics.gap.WithLabelValues(m.BaseURL) // looked up once, not per chunk
 }
 
 // failover notes a move away from an upstream that failed.

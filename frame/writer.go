@@ -31,10 +31,11 @@ func (e *DownstreamError) Unwrap() error { return e.Err }
 // come from a timer goroutine, so the writing methods hold a lock; otherwise
 // a Writer belongs to one goroutine.
 type Writer struct {
-	mu     sync.Mutex
-	beat   *time.Timer
-	every  time.Duration
-	closed bool
+	mu       sync.Mutex
+	beat     *time.Timer
+	every    time.Duration
+	lastSend time.Time // of the last frame, for the heartbeat timer
+	closed   bool
 
 	w     io.Writer
 	flush func() error
@@ -254,16 +255,27 @@ func (fw *Writer) KeepAlive(d time.Duration) {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
 	fw.every = d
-	fw.beat = time.AfterFunc(d, func() {
-		fw.mu.Lock()
-		defer fw.mu.Unlock()
-		if fw.closed {
-			return
-		}
-		// A failed heartbeat means the client left; the request's context
-		// tells the streaming loop, so the error needs no other path.
-		_ = fw.heartbeat()
-	})
+	fw.lastSend = time.Now()
+	fw.beat = time.AfterFunc(d, fw.tick)
+}
+
+// tick runs when the heartbeat timer fires. Sends only note their time
+// (moving a timer on every chunk costs more than the chunk's own framing),
+// so a tick that finds a recent send waits out the rest of the interval.
+func (fw *Writer) tick() {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed {
+		return
+	}
+	if quiet := time.Since(fw.lastSend); quiet < fw.every {
+		fw.beat.Reset(fw.every - quiet)
+		return
+	}
+	// A failed heartbeat means the client left; the request's context
+	// tells the streaming loop, so the error needs no other path.
+	_ = fw.heartbeat()
+	fw.beat.Reset(fw.every)
 }
 
 // Close stops heartbeats. Nothing is written after it.
@@ -281,7 +293,7 @@ func (fw *Writer) send(b []byte) error {
 		return &DownstreamError{errClosed}
 	}
 	if fw.beat != nil {
-		fw.beat.Reset(fw.every)
+		fw.lastSend = time.Now()
 	}
 	if fw.WriteTimeout > 0 && fw.SetDeadline != nil {
 		// Armed only around the write: on HTTP/2 a deadline left armed
@@ -329,7 +341,7 @@ func (fw *Writer) appendSummary(b []byte, done bool) []byte {
 // such data is compacted first.
 func appendData(b, data []byte) []byte {
 	b = append(b, "data: "...)
-	if bytes.ContainsAny(data, "\r\n") {
+	if bytes.IndexByte(data, '\n') >= 0 || bytes.IndexByte(data, '\r') >= 0 { // faster than ContainsAny
 		var cb bytes.Buffer
 		if json.Compact(&cb, data) == nil {
 			data = cb.Bytes()

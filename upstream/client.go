@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
@@ -53,6 +54,12 @@ func NewTransport(dial time.Duration) *http.Transport {
 		TLSHandshakeTimeout:   dial,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
+		// Every open stream holds a connection with these buffers. Events
+		// are a few hundred bytes, and requests larger than the write
+		// buffer go out directly, so small ones save memory per stream
+		// without costing syscalls.
+		ReadBufferSize:  2 << 10,
+		WriteBufferSize: 1 << 10,
 	}
 }
 
@@ -88,8 +95,11 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 	if c.FirstChunk > 0 {
 		s.watch = time.AfterFunc(c.FirstChunk, func() { cancel(ErrFirstChunkTimeout) })
 	} else if c.Idle > 0 {
-		s.watch = time.AfterFunc(c.Idle, func() { cancel(ErrIdleTimeout) })
 		s.first = true
+		s.activity()
+		s.mu.Lock() // idleCheck may run before the assignment is done
+		s.watch = time.AfterFunc(c.Idle, s.idleCheck)
+		s.mu.Unlock()
 	}
 
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint("chat/completions"), bytes.NewReader(req.Body))
@@ -213,8 +223,9 @@ type Stream struct {
 	watch    *time.Timer // first-chunk, then idle timer
 	total    *time.Timer
 	idle     time.Duration
-	first    bool // a first chunk has arrived
-	finished bool // a finish reason has arrived
+	first    bool         // a first chunk has arrived
+	lastRead atomic.Int64 // unix nanoseconds of the last read with bytes
+	finished bool         // a finish reason has arrived
 	ended    bool
 	closed   bool
 	onClose  func()
@@ -313,31 +324,43 @@ func (s *Stream) cause() error {
 }
 
 // arrived moves the watchdog from the first-chunk limit to the idle limit.
+// Only the goroutine reading the stream calls it, so first needs no lock.
 func (s *Stream) arrived() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.first {
 		return
 	}
 	s.first = true
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.watch != nil {
 		s.watch.Stop()
 		s.watch = nil
 	}
-	if s.idle > 0 {
-		s.watch = time.AfterFunc(s.idle, func() { s.cancel(ErrIdleTimeout) })
+	if s.idle > 0 && !s.closed {
+		s.activity()
+		s.watch = time.AfterFunc(s.idle, s.idleCheck)
 	}
 }
 
-// activity restarts the idle timer: any bytes from the upstream, comments
-// included, show it is alive (reasoning models may think for minutes behind
-// keepalive comments).
-func (s *Stream) activity() {
-	s.mu.Lock()
-	if s.first && s.watch != nil {
-		s.watch.Reset(s.idle)
+// activity notes that bytes came from the upstream, comments included:
+// they show it is alive (reasoning models may think for minutes behind
+// keepalive comments). It is called on every read, so it only stores the
+// time; the idle timer looks at it when it fires.
+func (s *Stream) activity() { s.lastRead.Store(time.Now().UnixNano()) }
+
+// idleCheck runs when the idle timer fires: it ends the stream if nothing
+// was read for the idle limit, and otherwise waits out the rest of it.
+func (s *Stream) idleCheck() {
+	quiet := time.Since(time.Unix(0, s.lastRead.Load()))
+	if quiet >= s.idle {
+		s.cancel(ErrIdleTimeout)
+		return
 	}
-	s.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed && s.watch != nil {
+		s.watch.Reset(s.idle - quiet)
+	}
 }
 
 // Close releases the upstream connection and stops the timers. It is safe to

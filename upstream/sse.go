@@ -29,7 +29,11 @@ var errBadRead = errors.New("event stream reader returned an invalid count")
 
 const (
 	defaultLimit = 1 << 20
-	readSize     = 4 << 10
+	// readSize is the buffer an EventReader starts with. Chat chunks are a
+	// few hundred bytes and the transport buffers the connection already,
+	// so a small buffer costs no extra syscalls; it grows for longer lines.
+	// Every open stream holds one, so its size is memory per stream.
+	readSize = 1 << 10
 	// scanWindow bounds how far one search for a line end looks ahead, so a
 	// stream that ends its lines with only CR (or only LF) costs a window per
 	// line rather than a scan of the whole buffer per line.
