@@ -88,7 +88,7 @@ func main() {
 	flag.DurationVar(&c.duration, "duration", 15*time.Second, "each measurement window")
 	flag.StringVar(&interval, "interval", "20ms-50ms", "the simulator's pause between chunks, or a range it draws from")
 	flag.IntVar(&c.chunks, "chunks", 100, "content chunks per paced stream")
-	flag.StringVar(&c.pprofDir, "pprof", "", "save a CPU profile of each llm_proxy and reverse_proxy run in this directory")
+	flag.StringVar(&c.pprofDir, "pprof", "", "save CPU, heap and goroutine profiles of each Caddy target in this directory")
 	flag.StringVar(&c.jsonOut, "json", "", "also write the results as JSON to this file")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -284,6 +284,15 @@ func measure(c *config, sc scenario, t target) (*result, error) {
 		rss = append(rss, measured.rss())
 		open = append(open, l.active.Load())
 	}
+	if c.pprofDir != "" && admin != "" {
+		// What the open streams hold, while they are open.
+		base := filepath.Join(c.pprofDir, fileName(sc.name+"-"+t.name))
+		for _, kind := range []string{"heap", "goroutine"} {
+			if err := fetch("http://"+admin+"/debug/pprof/"+kind, base+"."+kind+".pprof"); err != nil {
+				log.Printf("  %s profile: %v", kind, err)
+			}
+		}
+	}
 	time.Sleep(time.Until(l.To))
 	cpu := measured.cpu() - cpu0
 	<-done
@@ -424,7 +433,11 @@ http {
 // saveProfile fetches a CPU profile from a Caddy's admin endpoint.
 func saveProfile(admin string, d time.Duration, path string) error {
 	secs := max(int(d.Seconds())-1, 1)
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs))
+	return fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs), path)
+}
+
+func fetch(url, path string) error {
+	resp, err := http.Get(url)
 	if err != nil {
 		return err
 	}
