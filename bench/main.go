@@ -21,6 +21,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -47,6 +48,7 @@ type config struct {
 	warmup, duration time.Duration
 	interval         [2]time.Duration
 	chunks           int
+	runs             int
 	pprofDir         string
 	jsonOut          string
 	dir              string
@@ -88,11 +90,15 @@ func main() {
 	flag.DurationVar(&c.duration, "duration", 15*time.Second, "each measurement window")
 	flag.StringVar(&interval, "interval", "20ms-50ms", "the simulator's pause between chunks, or a range it draws from")
 	flag.IntVar(&c.chunks, "chunks", 100, "content chunks per paced stream")
+	flag.IntVar(&c.runs, "runs", 3, "runs of each target per scenario; the table shows the median run by CPU per chunk")
 	flag.StringVar(&c.pprofDir, "pprof", "", "save CPU, heap and goroutine profiles of each Caddy target in this directory")
 	flag.StringVar(&c.jsonOut, "json", "", "also write the results as JSON to this file")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 
+	if c.runs < 1 {
+		log.Fatalf("bad -runs %d", c.runs)
+	}
 	for _, s := range strings.Split(streams, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
@@ -153,18 +159,28 @@ func main() {
 		scenarios = append(scenarios, scenario{name: fmt.Sprintf("burst of %d", c.burst), streams: c.burst, chunks: 5, burst: true})
 	}
 	for _, sc := range scenarios {
+		// Targets take turns, run after run, so that a disturbance of the
+		// machine does not fall on one target's every run.
+		runs := map[string][]*result{}
+		for run := 1; run <= c.runs; run++ {
+			for _, t := range targets {
+				if !slices.Contains(c.targets, t.name) {
+					continue
+				}
+				log.Printf("%s, %s, run %d of %d", sc.name, t.name, run, c.runs)
+				r, err := measure(&c, sc, t)
+				if err != nil {
+					log.Printf("  failed: %v", err)
+					continue
+				}
+				log.Printf("  %s", r.summary())
+				runs[t.name] = append(runs[t.name], r)
+			}
+		}
 		for _, t := range targets {
-			if !slices.Contains(c.targets, t.name) {
-				continue
+			if rs := runs[t.name]; len(rs) > 0 {
+				results = append(results, medianRun(rs))
 			}
-			log.Printf("%s, %s", sc.name, t.name)
-			r, err := measure(&c, sc, t)
-			if err != nil {
-				log.Printf("  failed: %v", err)
-				continue
-			}
-			log.Printf("  %s", r.summary())
-			results = append(results, r)
 		}
 	}
 	fmt.Println()
@@ -190,6 +206,7 @@ type scenario struct {
 type result struct {
 	Scenario, Target string
 	Streams          int
+	Runs             int
 	Upstream         string // h1 or h2c
 	ChunksPerSec     float64
 	StreamsPerSec    float64
@@ -464,6 +481,21 @@ func fileName(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// medianRun is the run with the median CPU per chunk (the lower middle of
+// an even number), carrying the error count of all the runs.
+func medianRun(rs []*result) *result {
+	rs = slices.Clone(rs)
+	slices.SortFunc(rs, func(a, b *result) int { return cmp.Compare(a.CPUPerChunk, b.CPUPerChunk) })
+	m := *rs[(len(rs)-1)/2]
+	m.Runs = len(rs)
+	for _, r := range rs {
+		if r != rs[(len(rs)-1)/2] {
+			m.Errors += r.Errors
+		}
+	}
+	return &m
 }
 
 func median(v []int64) int64 {
