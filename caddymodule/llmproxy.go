@@ -317,15 +317,20 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		if err == nil {
 			tries.answered()
 			rec.chunk(&c, tries.member)
-			if err := fw.Chunk(&c); err != nil {
+			if err = fw.Chunk(&c); err == nil {
+				rec.flushed()
+				continue
+			}
+			var gone *frame.DownstreamError
+			if errors.As(err, &gone) {
 				rec.outcome = outcomeClientGone
 				if c.HasDelta() {
 					rec.undelivered++ // produced for a client that had left
 				}
 				return nil
 			}
-			rec.flushed()
-			continue
+			// A chunk this framing cannot carry is the upstream's fault,
+			// and the stream fails like any other broken one.
 		}
 		if err == io.EOF {
 			if err := fw.Done(); err != nil {
@@ -503,6 +508,8 @@ func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 		return &chunk.Error{Type: chunk.TypeTimeout, Message: err.Error()}, outcomeTimeout
 	case errors.Is(err, errShuttingDown):
 		return &chunk.Error{Type: chunk.TypeServer, Message: err.Error()}, outcomeUpstreamError
+	case errors.Is(err, frame.ErrContent):
+		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent content this framing cannot carry"}, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrLineTooLong):
 		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent an event larger than the proxy accepts"}, outcomeUpstreamError
 	default:

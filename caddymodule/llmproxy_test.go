@@ -198,3 +198,30 @@ func TestDisconnectMetrics(t *testing.T) {
 		t.Errorf("tokens_after_disconnect_total rose by %v, want 1", d)
 	}
 }
+
+// TestUnframeableContentBreaksTextStream checks that content the text
+// framing cannot carry fails the stream (a broken body) instead of ending it
+// as if it were complete.
+func TestUnframeableContentBreaksTextStream(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"ok "}}]}`+"\n\n")
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":5}}]}`+"\n\n")
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`+"\n\ndata: [DONE]\n\n")
+	}))
+	defer up.Close()
+	h := provisionProxy(t, "llm_proxy "+up.URL+"/v1 {\n\tformat text\n}")
+	srv := serveProxy(t, h)
+	resp, err := http.Get(srv.URL + "/?prompt=hi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("clean end after unframeable content; body %q", body)
+	}
+	if string(body) != "ok " {
+		t.Errorf("body %q, want %q", body, "ok ")
+	}
+}

@@ -371,14 +371,31 @@ func appendField(b []byte, name string, value json.RawMessage) []byte {
 	return append(b, value...)
 }
 
-// appendUnquoted appends the text of a JSON string token.
+// ErrContent is returned by Chunk in the text framing for content that is
+// neither a string nor an array of text parts.
+var ErrContent = errors.New("upstream content is neither a string nor text parts")
+
+// appendUnquoted appends the text of content: a JSON string, or an array of
+// parts ([{"type":"text","text":"..."}], as some providers send it).
 func appendUnquoted(b []byte, tok json.RawMessage) ([]byte, error) {
 	if len(tok) >= 2 && tok[0] == '"' && bytes.IndexByte(tok, '\\') < 0 {
 		return append(b, tok[1:len(tok)-1]...), nil
 	}
 	var s string
-	if err := json.Unmarshal(tok, &s); err != nil {
-		return b, err
+	if err := json.Unmarshal(tok, &s); err == nil {
+		return append(b, s...), nil
 	}
-	return append(b, s...), nil
+	var parts []struct {
+		Type string  `json:"type"`
+		Text *string `json:"text"`
+	}
+	if err := json.Unmarshal(tok, &parts); err != nil {
+		return b, ErrContent
+	}
+	for _, p := range parts {
+		if p.Text != nil && (p.Type == "" || p.Type == "text") {
+			b = append(b, *p.Text...)
+		}
+	}
+	return b, nil
 }

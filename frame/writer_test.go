@@ -286,3 +286,23 @@ func BenchmarkWriterChunk(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestTextContentParts checks that the text framing reads content given as
+// an array of parts, and refuses content that is no text at all rather than
+// dropping it.
+func TestTextContentParts(t *testing.T) {
+	rec := &recorder{}
+	fw := NewWriter(rec, rec.Flush, Text)
+	parts := chunk.Chunk{Content: []byte(`[{"type":"text","text":"Hel"},{"type":"image_url","image_url":{}},{"text":"lo"}]`)}
+	if err := fw.Chunk(&parts); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.String(); got != "Hello" {
+		t.Errorf("got %q, want %q", got, "Hello")
+	}
+	for _, bad := range []string{`5`, `{"text":"x"}`, `[1]`} {
+		if err := fw.Chunk(&chunk.Chunk{Content: []byte(bad)}); !errors.Is(err, ErrContent) {
+			t.Errorf("content %s: err %v, want ErrContent", bad, err)
+		}
+	}
+}
