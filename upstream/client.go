@@ -88,7 +88,7 @@ func CutH2C(base string) (string, bool) {
 // with the status the client should get.
 func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 	ctx, cancel := context.WithCancelCause(parent)
-	s := &Stream{cancel: cancel, ctx: ctx, idle: c.Idle}
+	s := &Stream{cancel: cancel, ctx: ctx, idle: c.Idle, redact: c.redact}
 	if c.Total > 0 {
 		s.total = time.AfterFunc(c.Total, func() { cancel(ErrTotalTimeout) })
 	}
@@ -139,11 +139,62 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 	}
 	s.resp = resp
 	s.body = &watchedBody{r: resp.Body, s: s}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	s.plain = mt == "application/json"
-	s.events = NewEventReader(s.body, c.MaxLine)
 	s.maxLine = c.MaxLine
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	switch mt {
+	case "text/html":
+		// A web page, not the API: most often a base URL without its /v1
+		// that lands on a site's catch-all page.
+		s.Close()
+		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream,
+			Message: "upstream answered with a web page (text/html), not the chat-completions API: check the base URL"}
+	case "application/json":
+		s.plain = true
+		if req.Stream {
+			if err := s.readWhole(parent); err != nil {
+				s.Close()
+				return nil, err
+			}
+		}
+	}
+	s.events = NewEventReader(s.body, c.MaxLine)
 	return s, nil
+}
+
+// readWhole reads the one JSON body of an upstream that ignored "stream"
+// before anything goes to the client, so that an error in it (some
+// gateways answer 200 with {"error":...}) gets a status of its own rather
+// than an in-stream signal after a 200.
+func (s *Stream) readWhole(parent context.Context) error {
+	body, err := io.ReadAll(io.LimitReader(s.body, s.limit()+1))
+	switch cause := s.cause(); {
+	case err == nil:
+	case errors.Is(cause, ErrFirstChunkTimeout), errors.Is(cause, ErrTotalTimeout):
+		return &chunk.Error{Status: http.StatusGatewayTimeout, Type: chunk.TypeTimeout, Message: cause.Error()}
+	case parent.Err() != nil:
+		return parent.Err()
+	default:
+		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "reading the upstream's answer failed"}
+	}
+	if int64(len(body)) > s.limit() {
+		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "upstream answer larger than the proxy accepts"}
+	}
+	s.whole = body
+	var probe chunk.Chunk
+	if ParseChunk(body, &probe) == nil && probe.Err != nil {
+		e := *probe.Err
+		e.Status = http.StatusBadGateway
+		e.Message = s.redact(e.Message)
+		return &e
+	}
+	return nil
+}
+
+func (s *Stream) limit() int64 {
+	if s.maxLine <= 0 {
+		return 1 << 20
+	}
+	return int64(s.maxLine)
 }
 
 // statusError maps an upstream failure status to what the client gets: the
@@ -216,8 +267,10 @@ type Stream struct {
 	body    *watchedBody
 	events  *EventReader
 	parser  ChunkParser
-	plain   bool // the upstream ignored "stream" and sent one JSON body
+	plain   bool   // the upstream ignored "stream" and sent one JSON body
+	whole   []byte // that body, read ahead when the client asked for a stream
 	maxLine int
+	redact  func(string) string // removes the server's key from upstream text
 
 	mu       sync.Mutex
 	watch    *time.Timer // first-chunk, then idle timer
@@ -272,6 +325,7 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 			return err
 		}
 		if c.Err != nil {
+			c.Err.Message = s.redact(c.Err.Message) // it may quote the key
 			return c.Err
 		}
 		if c.FinishReason != "" {
@@ -285,16 +339,15 @@ var doneData = []byte("[DONE]")
 
 // nextPlain turns a whole chat.completion body into one chunk.
 func (s *Stream) nextPlain(c *chunk.Chunk) error {
-	limit := int64(s.maxLine)
-	if limit <= 0 {
-		limit = 1 << 20
-	}
-	body, err := io.ReadAll(io.LimitReader(s.body, limit+1))
-	if err != nil {
-		return s.readError(err)
-	}
-	if int64(len(body)) > limit {
-		return ErrLineTooLong
+	body := s.whole
+	if body == nil {
+		var err error
+		if body, err = io.ReadAll(io.LimitReader(s.body, s.limit()+1)); err != nil {
+			return s.readError(err)
+		}
+		if int64(len(body)) > s.limit() {
+			return ErrLineTooLong
+		}
 	}
 	s.ended = true
 	s.arrived()
@@ -302,6 +355,7 @@ func (s *Stream) nextPlain(c *chunk.Chunk) error {
 		return err
 	}
 	if c.Err != nil {
+		c.Err.Message = s.redact(c.Err.Message)
 		return c.Err
 	}
 	return nil

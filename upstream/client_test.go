@@ -257,3 +257,68 @@ func TestClientLeavingCancelsUpstream(t *testing.T) {
 		t.Fatal("upstream never saw the client leave")
 	}
 }
+
+// TestOpenRefusesWrongAnswers checks the answers that come with a 200 but
+// are no stream: a web page, and a JSON error body. Both get a status of
+// their own before the client has been sent anything, the key redacted.
+func TestOpenRefusesWrongAnswers(t *testing.T) {
+	tests := []struct {
+		name, ctype, body, want string
+	}{
+		{"web page", "text/html; charset=utf-8", "<!doctype html><title>My app</title>", "web page (text/html)"},
+		{"error body", "application/json", `{"error":{"message":"bad key sk-secret-key","type":"auth"}}`, "bad key [redacted]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.ctype)
+				io.WriteString(w, tt.body)
+			})
+			req, _ := FromPrompt("hi", "m")
+			_, err := c.Open(context.Background(), req)
+			var e *chunk.Error
+			if !errors.As(err, &e) || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, tt.want) {
+				t.Fatalf("Open = %v, want a 502 saying %q", err, tt.want)
+			}
+		})
+	}
+
+	// A whole JSON reply to a stream request is still read as one chunk.
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"choices":[{"index":0,"message":{"content":"whole"},"finish_reason":"stop"}]}`)
+	})
+	req, _ := FromPrompt("hi", "m")
+	s, err := c.Open(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var ch chunk.Chunk
+	if err := s.Next(&ch); err != nil || string(ch.Content) != `"whole"` {
+		t.Fatalf("Next = %v, content %s", err, ch.Content)
+	}
+	if err := s.Next(&ch); err != io.EOF {
+		t.Fatalf("second Next = %v, want EOF", err)
+	}
+}
+
+// TestStreamErrorRedactsKey checks that an error event quoting the server's
+// key does not carry it on.
+func TestStreamErrorRedactsKey(t *testing.T) {
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"error":{"message":"key sk-secret-key is over quota"}}`+"\n\n")
+	})
+	req, _ := FromPrompt("hi", "m")
+	s, err := c.Open(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var ch chunk.Chunk
+	var e *chunk.Error
+	if err := s.Next(&ch); !errors.As(err, &e) || strings.Contains(e.Message, "sk-secret") || !strings.Contains(e.Message, "[redacted]") {
+		t.Fatalf("Next = %v, want the error with the key redacted", err)
+	}
+}
