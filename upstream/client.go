@@ -138,7 +138,13 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 		return nil, e
 	}
 	s.resp = resp
-	s.body = &watchedBody{r: resp.Body, s: s}
+	body, closeBody, err := decodedBody(resp)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.closeBody = closeBody
+	s.body = &watchedBody{r: body, s: s}
 	s.maxLine = c.MaxLine
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch mt {
@@ -271,6 +277,8 @@ type Stream struct {
 	whole   []byte // that body, read ahead when the client asked for a stream
 	maxLine int
 	redact  func(string) string // removes the server's key from upstream text
+	// closeBody releases the decoder of a compressed body.
+	closeBody func()
 
 	mu       sync.Mutex
 	watch    *time.Timer // first-chunk, then idle timer
@@ -439,6 +447,9 @@ func (s *Stream) Close() {
 	s.cancel(context.Canceled)
 	if s.resp != nil {
 		s.resp.Body.Close()
+	}
+	if s.closeBody != nil {
+		s.closeBody()
 	}
 }
 
