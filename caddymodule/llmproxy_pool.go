@@ -92,7 +92,7 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 				t = upstream.NewH2CTransport(dial)
 			}
 			p.transports = append(p.transports, t)
-			clients[h2c] = &http.Client{Transport: t}
+			clients[h2c] = upstream.NewHTTPClient(t)
 			return clients[h2c]
 		}
 		for _, u := range ups {

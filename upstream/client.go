@@ -63,6 +63,16 @@ func NewTransport(dial time.Duration) *http.Transport {
 	}
 }
 
+// NewHTTPClient returns the client for upstream calls over t. It does not
+// follow redirects: a POST turned into a GET, or the key sent where the
+// upstream points, is never what the configuration said; the client gets a
+// 502 that says the base URL is wrong instead.
+func NewHTTPClient(t http.RoundTripper) *http.Client {
+	return &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+}
+
 // NewH2CTransport returns the transport for h2c:// upstreams: HTTP/2 over
 // plain TCP by prior knowledge, so that many streams share a few
 // connections to an upstream on a trusted network (another Caddy, a local
@@ -239,6 +249,9 @@ func (c *Client) statusError(resp *http.Response) *chunk.Error {
 		if e.Type == "" || e.Type == chunk.TypeUpstream {
 			e.Type = chunk.TypeInvalidRequest
 		}
+	case code >= 300 && code < 400:
+		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream,
+			Message: "upstream answered with a redirect (status " + strconv.Itoa(code) + "): check the base URL"}
 	default:
 		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream,
 			Message: "upstream failed (status " + strconv.Itoa(code) + ")"}

@@ -20,7 +20,7 @@ func serve(t *testing.T, h http.HandlerFunc) *Client {
 	t.Cleanup(srv.Close)
 	tr := NewTransport(time.Second)
 	t.Cleanup(tr.CloseIdleConnections)
-	return &Client{HTTP: &http.Client{Transport: tr}, BaseURL: srv.URL + "/v1", APIKey: "sk-secret-key"}
+	return &Client{HTTP: NewHTTPClient(tr), BaseURL: srv.URL + "/v1", APIKey: "sk-secret-key"}
 }
 
 func TestOpenSendsRequest(t *testing.T) {
@@ -320,5 +320,30 @@ func TestStreamErrorRedactsKey(t *testing.T) {
 	var e *chunk.Error
 	if err := s.Next(&ch); !errors.As(err, &e) || strings.Contains(e.Message, "sk-secret") || !strings.Contains(e.Message, "[redacted]") {
 		t.Fatalf("Next = %v, want the error with the key redacted", err)
+	}
+}
+
+// TestRedirectIsNotFollowed checks that an upstream's redirect sends
+// neither the request nor the key anywhere else, and tells the client the
+// base URL is wrong.
+func TestRedirectIsNotFollowed(t *testing.T) {
+	hit := make(chan string, 1)
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hit <- r.Header.Get("Authorization")
+	}))
+	defer elsewhere.Close()
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+"/v1/chat/completions", http.StatusTemporaryRedirect)
+	})
+	req, _ := FromPrompt("hi", "m")
+	_, err := c.Open(context.Background(), req)
+	var e *chunk.Error
+	if !errors.As(err, &e) || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, "redirect") {
+		t.Fatalf("Open = %v, want a 502 about the redirect", err)
+	}
+	select {
+	case auth := <-hit:
+		t.Fatalf("the redirect was followed (Authorization %q)", auth)
+	default:
 	}
 }
