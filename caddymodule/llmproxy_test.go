@@ -17,7 +17,7 @@ import (
 )
 
 // provisionProxy builds an LLMProxy from a Caddyfile block, as Caddy would.
-func provisionProxy(t *testing.T, block string) *LLMProxy {
+func provisionProxy(t testing.TB, block string) *LLMProxy {
 	t.Helper()
 	h := new(LLMProxy)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(block)); err != nil {
@@ -35,7 +35,7 @@ func provisionProxy(t *testing.T, block string) *LLMProxy {
 	return h
 }
 
-func serveProxy(t *testing.T, h *LLMProxy) *httptest.Server {
+func serveProxy(t testing.TB, h *LLMProxy) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := h.ServeHTTP(w, r, nil); err != nil {
