@@ -151,6 +151,7 @@ func main() {
 	}
 
 	var results []*result
+	failed := false // a target that did not run, or a stream that failed
 	scenarios := make([]scenario, 0, len(c.streams)+1)
 	for _, n := range c.streams {
 		scenarios = append(scenarios, scenario{name: fmt.Sprintf("%d streams", n), streams: n, chunks: c.chunks})
@@ -171,6 +172,7 @@ func main() {
 				r, err := measure(&c, sc, t)
 				if err != nil {
 					log.Printf("  failed: %v", err)
+					failed = true
 					continue
 				}
 				log.Printf("  %s", r.summary())
@@ -192,6 +194,17 @@ func main() {
 		if err := os.WriteFile(c.jsonOut, b, 0o644); err != nil {
 			log.Fatal(err)
 		}
+	}
+	// A stream that failed is a finding, not noise: say so in the status.
+	for _, r := range results {
+		if r.Errors > 0 {
+			log.Printf("%s, %s: %d streams failed: %s", r.Scenario, r.Target, r.Errors, r.ErrorKinds)
+			failed = true
+		}
+	}
+	if failed {
+		os.RemoveAll(c.dir)
+		os.Exit(1)
 	}
 }
 
