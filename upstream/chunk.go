@@ -69,6 +69,7 @@ func (p *ChunkParser) object(c *chunk.Chunk) error {
 		return err
 	}
 	var errVal []byte
+	isError := false // "object":"error", as vLLM and others send a failure
 	for d.PeekKind() != '}' {
 		name, err := p.name()
 		if err != nil {
@@ -97,6 +98,12 @@ func (p *ChunkParser) object(c *chunk.Chunk) error {
 			if errVal, err = p.value(); err != nil {
 				return err
 			}
+		case "object":
+			v, err := p.value()
+			if err != nil {
+				return err
+			}
+			isError = string(v) == `"error"`
 		default:
 			if err := d.SkipValue(); err != nil {
 				return err
@@ -109,10 +116,23 @@ func (p *ChunkParser) object(c *chunk.Chunk) error {
 	if _, err := d.ReadToken(); err != jsontextEOF {
 		return errors.New("data after the JSON object")
 	}
-	if isSet(errVal) {
+	switch {
+	case isSet(errVal):
 		*c = chunk.Chunk{Raw: c.Raw, Err: parseError(errVal)}
+	case isError:
+		*c = chunk.Chunk{Raw: c.Raw, Err: parseError(c.Raw)}
 	}
 	return nil
+}
+
+// ErrorEvent reads the data of an event whose type is "error": an error
+// whatever the data's shape ({"error":{...}}, {"message":...}, a string).
+func ErrorEvent(data []byte) *chunk.Error {
+	var c chunk.Chunk
+	if ParseChunk(data, &c) == nil && c.Err != nil {
+		return c.Err
+	}
+	return parseError(data)
 }
 
 // jsontextEOF is what the decoder returns at the clean end of its input.

@@ -342,6 +342,11 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 			return io.EOF
 		}
 		s.arrived()
+		if bytes.Equal(ev.Type, errorType) {
+			c.Err = ErrorEvent(ev.Data)
+			c.Err.Message = s.redact(c.Err.Message)
+			return c.Err
+		}
 		if err := s.parser.Parse(ev.Data, c); err != nil {
 			return err
 		}
@@ -356,7 +361,10 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 	}
 }
 
-var doneData = []byte("[DONE]")
+var (
+	doneData  = []byte("[DONE]")
+	errorType = []byte("error")
+)
 
 // nextPlain turns a whole chat.completion body into one chunk.
 func (s *Stream) nextPlain(c *chunk.Chunk) error {

@@ -347,3 +347,33 @@ func TestRedirectIsNotFollowed(t *testing.T) {
 	default:
 	}
 }
+
+// TestErrorTypedEvent checks that an event of type "error" fails the stream
+// whatever its data holds, instead of passing as an empty chunk.
+func TestErrorTypedEvent(t *testing.T) {
+	for data, want := range map[string]string{
+		`{"message":"overloaded"}`:                         "overloaded",
+		`{"type":"error","error":{"message":"slow down"}}`: "slow down",
+		`not json`: "upstream reported an error",
+	} {
+		c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"a"}}]}`+"\n\n")
+			io.WriteString(w, "event: error\ndata: "+data+"\n\n")
+		})
+		req, _ := FromPrompt("hi", "m")
+		s, err := c.Open(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ch chunk.Chunk
+		if err := s.Next(&ch); err != nil {
+			t.Fatal(err)
+		}
+		var e *chunk.Error
+		if err := s.Next(&ch); !errors.As(err, &e) || e.Message != want {
+			t.Errorf("data %s: Next = %v, want an error %q", data, err, want)
+		}
+		s.Close()
+	}
+}

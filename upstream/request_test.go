@@ -137,6 +137,8 @@ func TestParseChunk(t *testing.T) {
 			chunk.Chunk{Err: &chunk.Error{Message: "overloaded", Type: "server_error", Code: raw(`"x"`)}}},
 		{"error string", `{"error":"bad"}`,
 			chunk.Chunk{Err: &chunk.Error{Message: "bad", Type: chunk.TypeUpstream}}},
+		{"vllm error object", `{"object":"error","message":"context too long","type":"BadRequestError","param":null,"code":400}`,
+			chunk.Chunk{Err: &chunk.Error{Message: "context too long", Type: "BadRequestError", Code: raw(`400`)}}},
 		{"error empty", `{"error":{}}`,
 			chunk.Chunk{Err: &chunk.Error{Message: "upstream reported an error", Type: chunk.TypeUpstream}}},
 	}
