@@ -60,7 +60,7 @@ func (rec *record) chunk(c *chunk.Chunk, m *upstream.Member) {
 	if rec.chunks == 0 {
 		rec.firstByte = since
 		if m != nil {
-			metrics.ttfb.WithLabelValues(m.BaseURL).Observe(since.Seconds())
+			metrics.ttfb.WithLabelValues(m.Name).Observe(since.Seconds())
 		}
 	} else if rec.gap != nil {
 		rec.gap.Observe(now.Sub(rec.lastChunk).Seconds())
@@ -68,7 +68,7 @@ func (rec *record) chunk(c *chunk.Chunk, m *upstream.Member) {
 	if rec.firstToken == 0 && c.HasDelta() {
 		rec.firstToken = since
 		if m != nil {
-			metrics.ttft.WithLabelValues(m.BaseURL).Observe(since.Seconds())
+			metrics.ttft.WithLabelValues(m.Name).Observe(since.Seconds())
 		}
 	}
 	rec.chunks++
@@ -84,16 +84,16 @@ func (rec *record) flushed() {
 // setUpstream notes the upstream now streaming, for the open-streams gauge.
 func (rec *record) setUpstream(m *upstream.Member) {
 	if rec.upstream != nil {
-		metrics.open.WithLabelValues(rec.upstream.BaseURL).Dec()
+		metrics.open.WithLabelValues(rec.upstream.Name).Dec()
 	}
 	rec.upstream = m
-	metrics.open.WithLabelValues(m.BaseURL).Inc()
-	rec.gap = metrics.gap.WithLabelValues(m.BaseURL) // looked up once, not per chunk
+	metrics.open.WithLabelValues(m.Name).Inc()
+	rec.gap = metrics.gap.WithLabelValues(m.Name) // looked up once, not per chunk
 }
 
 // failover notes a move away from an upstream that failed.
 func (rec *record) failover(from *upstream.Member) {
-	metrics.failovers.WithLabelValues(from.BaseURL).Inc()
+	metrics.failovers.WithLabelValues(from.Name).Inc()
 }
 
 // finish logs the request's line, counts it and sets the placeholders.
@@ -107,10 +107,10 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 	}
 	name := ""
 	if rec.upstream != nil {
-		name = rec.upstream.BaseURL
+		name = rec.upstream.Name
 		metrics.open.WithLabelValues(name).Dec()
 	} else if rec.tried != nil {
-		name = rec.tried.BaseURL
+		name = rec.tried.Name
 	}
 	var usage struct {
 		Prompt     int64 `json:"prompt_tokens"`

@@ -100,7 +100,7 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 			client := clientFor(h2c)
 			p.pool.Members = append(p.pool.Members, &upstream.Member{
 				Client: &upstream.Client{
-					HTTP: client, BaseURL: base, APIKey: u.APIKey, Header: header,
+					HTTP: client, BaseURL: base, Name: upstream.Label(base), APIKey: u.APIKey, Header: header,
 					FirstChunk: firstChunk, Idle: idle, Total: total, MaxLine: h.MaxEventSize,
 				},
 				Weight: u.Weight,
@@ -144,9 +144,9 @@ func (p *pooledUpstreams) healthChecks(ctx context.Context, every time.Duration,
 			if (err == nil) != up[i] {
 				up[i] = err == nil
 				if err != nil {
-					log.Warn("upstream failed its health check", zap.String("upstream", m.BaseURL), zap.Error(err))
+					log.Warn("upstream failed its health check", zap.String("upstream", m.Name), zap.Error(err))
 				} else {
-					log.Info("upstream passed its health check again", zap.String("upstream", m.BaseURL))
+					log.Info("upstream passed its health check again", zap.String("upstream", m.Name))
 				}
 			}
 		}

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,8 +13,12 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // provisionProxy builds an LLMProxy from a Caddyfile block, as Caddy would.
@@ -223,5 +228,57 @@ func TestUnframeableContentBreaksTextStream(t *testing.T) {
 	}
 	if string(body) != "ok " {
 		t.Errorf("body %q, want %q", body, "ok ")
+	}
+}
+
+// TestUpstreamQueryStaysOutOfLogsAndMetrics checks that a token in a base
+// URL's query (as some gateways want it) appears in no log line and no
+// metric label.
+func TestUpstreamQueryStaysOutOfLogsAndMetrics(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}`+"\n\ndata: [DONE]\n\n")
+	}))
+	defer up.Close()
+	h := provisionProxy(t, "llm_proxy "+up.URL+"/v1?token=s3cret-token {\n\tformat sse\n}")
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	srv := serveProxy(t, h)
+	resp, err := http.Get(srv.URL + "/?prompt=hi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	if logs.Len() == 0 {
+		t.Fatal("no log line")
+	}
+	for _, e := range logs.All() {
+		for k, v := range e.ContextMap() {
+			if strings.Contains(fmt.Sprint(v), "s3cret") {
+				t.Errorf("log field %s = %v", k, v)
+			}
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.requests)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.Contains(l.GetValue(), "s3cret") {
+					t.Errorf("metric label %s = %s", l.GetName(), l.GetValue())
+				}
+				found = found || l.GetValue() == up.URL+"/v1"
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no requests_total labelled %s/v1", up.URL)
 	}
 }

@@ -31,8 +31,11 @@ var (
 type Client struct {
 	HTTP    *http.Client
 	BaseURL string // e.g. https://api.openai.com/v1
-	APIKey  string
-	Header  http.Header // extra headers (header_up)
+	// Name is what logs and metrics call the upstream: its base URL
+	// without the query, which some gateways use for a token.
+	Name   string
+	APIKey string
+	Header http.Header // extra headers (header_up)
 
 	FirstChunk time.Duration // 0: no limit
 	Idle       time.Duration // 0: no limit
@@ -61,6 +64,17 @@ func NewTransport(dial time.Duration) *http.Transport {
 		ReadBufferSize:  2 << 10,
 		WriteBufferSize: 1 << 10,
 	}
+}
+
+// Label is the name of an upstream in logs and metrics: its base URL
+// without the query or any credentials.
+func Label(base string) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		return "invalid upstream URL"
+	}
+	u.RawQuery, u.ForceQuery, u.Fragment, u.User = "", false, "", nil
+	return u.String()
 }
 
 // NewHTTPClient returns the client for upstream calls over t. It does not
