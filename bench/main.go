@@ -301,22 +301,23 @@ func measure(c *config, sc scenario, t target) (*result, error) {
 
 	time.Sleep(time.Until(l.From))
 	cpu0 := measured.cpu()
+	profiled := c.pprofDir != "" && admin != ""
+	base := filepath.Join(c.pprofDir, fileName(sc.name+"-"+t.name))
 	var profile chan error
-	if c.pprofDir != "" && admin != "" {
+	if profiled {
 		profile = make(chan error, 1)
-		go func() {
-			profile <- saveProfile(admin, c.duration, filepath.Join(c.pprofDir, fileName(sc.name+"-"+t.name)+".pprof"))
-		}()
+		go func() { profile <- saveProfile(admin, c.duration, base+".pprof") }()
 	}
 	var rss, open []int64
-	for tick := time.NewTicker(time.Second); time.Until(l.To) > 500*time.Millisecond; {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for time.Until(l.To) > 500*time.Millisecond {
 		<-tick.C
 		rss = append(rss, measured.rss())
 		open = append(open, l.active.Load())
 	}
-	if c.pprofDir != "" && admin != "" {
+	if profiled {
 		// What the open streams hold, while they are open.
-		base := filepath.Join(c.pprofDir, fileName(sc.name+"-"+t.name))
 		for _, kind := range []string{"heap", "goroutine"} {
 			if err := fetch("http://"+admin+"/debug/pprof/"+kind, base+"."+kind+".pprof"); err != nil {
 				log.Printf("  %s profile: %v", kind, err)
