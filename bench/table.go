@@ -65,12 +65,12 @@ func machine(c *config) string {
 		c.interval[0], c.interval[1], c.warmup, c.duration)
 }
 
-// us formats a duration in µs below 10 ms, else in ms.
+// us formats a duration in µs below 1 ms, else in ms or s.
 func us(d time.Duration) string {
 	switch {
 	case d == 0:
 		return "0"
-	case d < 10*time.Millisecond:
+	case d < time.Millisecond:
 		return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond))
 	case d < 10*time.Second:
 		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
