@@ -23,6 +23,30 @@ func serve(t *testing.T, h http.HandlerFunc) *Client {
 	return &Client{HTTP: NewHTTPClient(tr), BaseURL: srv.URL + "/v1", APIKey: "sk-secret-key"}
 }
 
+// open opens the stream of a one-prompt request on c, closed when the test ends.
+func open(t *testing.T, c *Client) *Stream {
+	t.Helper()
+	req, _ := FromPrompt("hi", "m")
+	s, err := c.Open(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// wantBadGateway checks that opening a one-prompt request on c fails with a
+// 502 whose message holds want.
+func wantBadGateway(t *testing.T, c *Client, want string) {
+	t.Helper()
+	req, _ := FromPrompt("hi", "m")
+	_, err := c.Open(context.Background(), req)
+	var e *chunk.Error
+	if !errors.As(err, &e) || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, want) {
+		t.Fatalf("Open = %v, want a 502 saying %q", err, want)
+	}
+}
+
 func TestOpenSendsRequest(t *testing.T) {
 	var got *http.Request
 	var body string
@@ -274,12 +298,7 @@ func TestOpenRefusesWrongAnswers(t *testing.T) {
 				w.Header().Set("Content-Type", tt.ctype)
 				io.WriteString(w, tt.body)
 			})
-			req, _ := FromPrompt("hi", "m")
-			_, err := c.Open(context.Background(), req)
-			var e *chunk.Error
-			if !errors.As(err, &e) || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, tt.want) {
-				t.Fatalf("Open = %v, want a 502 saying %q", err, tt.want)
-			}
+			wantBadGateway(t, c, tt.want)
 		})
 	}
 
@@ -288,12 +307,7 @@ func TestOpenRefusesWrongAnswers(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"choices":[{"index":0,"message":{"content":"whole"},"finish_reason":"stop"}]}`)
 	})
-	req, _ := FromPrompt("hi", "m")
-	s, err := c.Open(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := open(t, c)
 	var ch chunk.Chunk
 	if err := s.Next(&ch); err != nil || string(ch.Content) != `"whole"` {
 		t.Fatalf("Next = %v, content %s", err, ch.Content)
@@ -310,12 +324,7 @@ func TestStreamErrorRedactsKey(t *testing.T) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		io.WriteString(w, `data: {"error":{"message":"key sk-secret-key is over quota"}}`+"\n\n")
 	})
-	req, _ := FromPrompt("hi", "m")
-	s, err := c.Open(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := open(t, c)
 	var ch chunk.Chunk
 	var e *chunk.Error
 	if err := s.Next(&ch); !errors.As(err, &e) || strings.Contains(e.Message, "sk-secret") || !strings.Contains(e.Message, "[redacted]") {
@@ -335,12 +344,7 @@ func TestRedirectIsNotFollowed(t *testing.T) {
 	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, elsewhere.URL+"/v1/chat/completions", http.StatusTemporaryRedirect)
 	})
-	req, _ := FromPrompt("hi", "m")
-	_, err := c.Open(context.Background(), req)
-	var e *chunk.Error
-	if !errors.As(err, &e) || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, "redirect") {
-		t.Fatalf("Open = %v, want a 502 about the redirect", err)
-	}
+	wantBadGateway(t, c, "redirect")
 	select {
 	case auth := <-hit:
 		t.Fatalf("the redirect was followed (Authorization %q)", auth)
@@ -361,11 +365,7 @@ func TestErrorTypedEvent(t *testing.T) {
 			io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"a"}}]}`+"\n\n")
 			io.WriteString(w, "event: error\ndata: "+data+"\n\n")
 		})
-		req, _ := FromPrompt("hi", "m")
-		s, err := c.Open(context.Background(), req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := open(t, c)
 		var ch chunk.Chunk
 		if err := s.Next(&ch); err != nil {
 			t.Fatal(err)
@@ -374,6 +374,5 @@ func TestErrorTypedEvent(t *testing.T) {
 		if err := s.Next(&ch); !errors.As(err, &e) || e.Message != want {
 			t.Errorf("data %s: Next = %v, want an error %q", data, err, want)
 		}
-		s.Close()
 	}
 }

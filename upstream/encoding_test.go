@@ -1,11 +1,8 @@
 package upstream
 
 import (
-	"context"
-	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
@@ -43,12 +40,7 @@ func TestCompressedStream(t *testing.T) {
 				io.WriteString(zw, `data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`+"\n\ndata: [DONE]\n\n")
 				zw.Close()
 			})
-			req, _ := FromPrompt("hi", "m")
-			s, err := c.Open(context.Background(), req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s := open(t, c)
 			var ch chunk.Chunk
 			if err := s.Next(&ch); err != nil || string(ch.Content) != `"one"` {
 				t.Fatalf("Next = %v, content %s", err, ch.Content)
@@ -68,10 +60,5 @@ func TestCompressedStream(t *testing.T) {
 		w.Header().Set("Content-Encoding", "br")
 		io.WriteString(w, "\x0b\x02\x80")
 	})
-	req, _ := FromPrompt("hi", "m")
-	_, err := c.Open(context.Background(), req)
-	var e *chunk.Error
-	if !errors.As(err, &e) || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, "br") {
-		t.Fatalf("Open = %v, want a 502 naming the encoding", err)
-	}
+	wantBadGateway(t, c, "br")
 }
