@@ -146,15 +146,9 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 
 	resp, err := c.HTTP.Do(hr)
 	if err != nil {
-		cause := s.cause()
+		err = s.failure(parent, "upstream unreachable")
 		s.Close()
-		if errors.Is(cause, ErrFirstChunkTimeout) || errors.Is(cause, ErrTotalTimeout) {
-			return nil, &chunk.Error{Status: http.StatusGatewayTimeout, Type: chunk.TypeTimeout, Message: cause.Error()}
-		}
-		if parent.Err() != nil {
-			return nil, parent.Err() // the client left; nothing to tell it
-		}
-		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "upstream unreachable"}
+		return nil, err
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		e := c.statusError(resp)
@@ -197,14 +191,8 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 // than an in-stream signal after a 200.
 func (s *Stream) readWhole(parent context.Context) error {
 	body, err := io.ReadAll(io.LimitReader(s.body, s.limit()+1))
-	switch cause := s.cause(); {
-	case err == nil:
-	case errors.Is(cause, ErrFirstChunkTimeout), errors.Is(cause, ErrTotalTimeout):
-		return &chunk.Error{Status: http.StatusGatewayTimeout, Type: chunk.TypeTimeout, Message: cause.Error()}
-	case parent.Err() != nil:
-		return parent.Err()
-	default:
-		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "reading the upstream's answer failed"}
+	if err != nil {
+		return s.failure(parent, "reading the upstream's answer failed")
 	}
 	if int64(len(body)) > s.limit() {
 		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "upstream answer larger than the proxy accepts"}
@@ -218,6 +206,19 @@ func (s *Stream) readWhole(parent context.Context) error {
 		return &e
 	}
 	return nil
+}
+
+// failure says why a call failed before the client was sent anything: one
+// of the proxy's limits (504), the client leaving (its context's error,
+// nothing to tell it), or else the upstream (502, with msg).
+func (s *Stream) failure(parent context.Context, msg string) error {
+	if cause := s.cause(); errors.Is(cause, ErrFirstChunkTimeout) || errors.Is(cause, ErrTotalTimeout) {
+		return &chunk.Error{Status: http.StatusGatewayTimeout, Type: chunk.TypeTimeout, Message: cause.Error()}
+	}
+	if parent.Err() != nil {
+		return parent.Err()
+	}
+	return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: msg}
 }
 
 func (s *Stream) limit() int64 {
@@ -382,16 +383,12 @@ var (
 
 // nextPlain turns a whole chat.completion body into one chunk.
 func (s *Stream) nextPlain(c *chunk.Chunk) error {
-	body := s.whole
-	if body == nil {
-		var err error
-		if body, err = io.ReadAll(io.LimitReader(s.body, s.limit()+1)); err != nil {
-			return s.readError(err)
-		}
-		if int64(len(body)) > s.limit() {
-			return ErrLineTooLong
+	if s.whole == nil { // Open reads it ahead for stream requests
+		if err := s.readWhole(s.ctx); err != nil {
+			return err
 		}
 	}
+	body := s.whole
 	s.ended = true
 	s.arrived()
 	if err := ParseChunk(body, c); err != nil {
