@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -374,5 +375,32 @@ func TestErrorTypedEvent(t *testing.T) {
 		if err := s.Next(&ch); !errors.As(err, &e) || e.Message != want {
 			t.Errorf("data %s: Next = %v, want an error %q", data, err, want)
 		}
+	}
+}
+
+// The health check and Open build their requests in one place: header_up
+// never replaces the key, and a failure keeps its cause without the URL's
+// query.
+func TestCheckSendsTheSameHeaders(t *testing.T) {
+	var got http.Header
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header
+		if r.URL.Path != "/v1/models" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	})
+	c.Header = http.Header{"Authorization": {"Bearer not-the-key"}, "Openai-Organization": {"org-1"}}
+	if err := c.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got.Get("Authorization") != "Bearer sk-secret-key" || got.Get("OpenAI-Organization") != "org-1" {
+		t.Errorf("health check headers %v", got)
+	}
+
+	down := &Client{HTTP: NewHTTPClient(NewTransport(time.Second)), BaseURL: "http://127.0.0.1:1/v1?key=gw-token"}
+	err := down.Check(context.Background())
+	var ue *url.Error
+	if !errors.As(err, &ue) || strings.Contains(err.Error(), "gw-token") {
+		t.Errorf("Check of an unreachable upstream = %v, want its *url.Error without the query", err)
 	}
 }
