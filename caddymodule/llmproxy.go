@@ -91,7 +91,7 @@ type LLMProxy struct {
 	format       frame.Format
 	heartbeat    time.Duration
 	writeTimeout time.Duration
-	tries        int
+	maxTries     int // upstreams a request may try; 0: all
 	pool         *upstream.Pool
 	poolKey      string
 	logger       *zap.Logger
@@ -180,9 +180,9 @@ func (h *LLMProxy) Provision(ctx caddy.Context) error {
 	}
 
 	h.writeTimeout = durationOr(t.Write, defaultWrite)
-	h.tries = 0
+	h.maxTries = 0
 	if h.Retries != nil {
-		h.tries = *h.Retries + 1
+		h.maxTries = *h.Retries + 1
 	}
 	return h.provisionPool(ctx, t)
 }
@@ -259,7 +259,6 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-
 	req, err := h.buildRequest(r, format)
 	if err != nil {
 		return h.reject(w, r, asError(err))
@@ -267,106 +266,19 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 
 	rec := &record{start: start, format: format, model: req.Model}
 	defer h.finish(r, rec)
-	ctx, stop := untilExit(r)
-	defer stop()
-	tries := &attempts{pool: h.pool, cands: h.pool.Candidates(start, h.tries)}
-	st, err := tries.open(ctx, req, rec)
-	if err != nil {
-		if r.Context().Err() != nil {
-			rec.outcome = outcomeClientGone // the client left before the upstream answered
-			return nil
-		}
-		e := asError(err)
-		rec.outcome, rec.status, rec.err = outcomeRejected, e.Status, err
+	rec.outcome, rec.err = h.relay(w, r, req, rec)
+	switch {
+	case rec.outcome == outcomeRejected:
+		e := asError(rec.err)
+		rec.status = e.Status
 		return h.reject(w, r, e)
-	}
-	defer func() { st.Close() }()
-
-	if !req.Stream {
-		rec.status = http.StatusOK
-		tries.answered()
-		return h.relayWhole(w, r, st, rec)
-	}
-
-	frame.SetHeaders(w.Header(), format)
-	w.WriteHeader(http.StatusOK)
-	rec.status = http.StatusOK
-	rc := http.NewResponseController(w)
-	fw := frame.NewWriter(w, rc.Flush, format)
-	fw.IncludeUsage = req.IncludeUsage
-	fw.StreamID = "llmstream"
-	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {
-		// The server already arms a write deadline around every write
-		// and flush (its write_idle_timeout): make that one ours for
-		// this stream, rather than moving a second one twice per chunk.
-		defer iw.Override(h.writeTimeout, 0, 0)()
-	} else {
-		fw.WriteTimeout, fw.SetDeadline = h.writeTimeout, rc.SetWriteDeadline
-	}
-	rec.fw = fw
-	defer fw.Close()
-	if err := fw.Start(); err != nil {
-		rec.outcome = outcomeClientGone
-		return nil
-	}
-	fw.KeepAlive(h.heartbeat)
-
-	var c chunk.Chunk
-	for {
-		err := st.Next(&c)
-		if err == nil {
-			tries.answered()
-			rec.chunk(&c, tries.member)
-			if err = fw.Chunk(&c); err == nil {
-				rec.flushed()
-				continue
-			}
-			var gone *frame.DownstreamError
-			if errors.As(err, &gone) {
-				rec.outcome = outcomeClientGone
-				if c.HasDelta() {
-					rec.undelivered++ // produced for a client that had left
-				}
-				return nil
-			}
-			// A chunk this framing cannot carry is the upstream's fault,
-			// and the stream fails like any other broken one.
-		}
-		if err == io.EOF {
-			if err := fw.Done(); err != nil {
-				rec.outcome = outcomeClientGone
-				return nil
-			}
-			rec.outcome = outcomeCompleted
-			return nil
-		}
-		if r.Context().Err() != nil {
-			rec.outcome = outcomeClientGone
-			return nil
-		}
-		if errors.Is(context.Cause(ctx), errShuttingDown) {
-			err = errShuttingDown
-		}
-		// Nothing the client would see twice has gone out yet: another
-		// upstream may still answer.
-		if !fw.WroteDelta() && err != errShuttingDown && tries.failed(err, rec) {
-			st.Close()
-			if next, nerr := tries.open(ctx, req, rec); nerr == nil {
-				st = next
-				continue
-			} else if ctx.Err() == nil {
-				err = nerr
-			}
-		}
-		e, outcome := h.streamError(err)
-		rec.outcome, rec.err = outcome, err
-		_ = fw.Fail(e)
-		fw.Close()
-		// The framing's error signal is out; breaking the response makes
-		// sure no client mistakes what it got for a complete answer. But
-		// an abort closes the socket at once, and a reset that follows the
-		// data can make the client's kernel drop what it has not read yet,
-		// the error signal included: give the client a moment first.
+	case rec.err != nil:
+		// The framing's error signal is out (the text framing has none);
+		// breaking the response makes sure no client mistakes what it got
+		// for a complete answer. But an abort closes the socket at once,
+		// and a reset that follows the data can make the client's kernel
+		// drop what it has not read yet, the error signal included: give
+		// the client a moment first.
 		linger := time.NewTimer(abortLinger)
 		select {
 		case <-r.Context().Done():
@@ -375,82 +287,105 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		linger.Stop()
 		panic(http.ErrAbortHandler)
 	}
+	return nil
 }
 
-// attempts walks one request through the pool's candidates.
-type attempts struct {
-	pool   *upstream.Pool
-	cands  []*upstream.Member
-	next   int
-	member *upstream.Member // the one streaming now
-	ok     bool             // member has answered with a chunk
-}
-
-// answered records that the streaming upstream delivered, which ends its
-// run of consecutive failures.
-func (a *attempts) answered() {
-	if !a.ok {
-		a.ok = true
-		a.pool.Succeeded(a.member)
+// relay answers req from the pool and returns the outcome with the error
+// that ended it: outcomeRejected when nothing was sent and the error is the
+// client's answer; otherwise an error means the response broke after its
+// headers went out, and its framing's error signal (if any) was sent.
+func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.Request, rec *record) (string, error) {
+	ctx, stop := untilExit(r)
+	defer stop()
+	run := h.pool.Attempt(rec.start, h.maxTries, rec)
+	st, err := run.Open(ctx, req)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return outcomeClientGone, nil // the client left before the upstream answered
+		}
+		return outcomeRejected, err
 	}
-}
+	defer func() { st.Close() }()
+	if !req.Stream {
+		run.Answered()
+		return h.relayWhole(w, r, st, rec)
+	}
 
-// open opens a stream on the next candidate that answers, recording the
-// failures of those that do not. Once every candidate failed, it returns
-// the pool's all-down answer if nothing is left to try, else the last error.
-func (a *attempts) open(ctx context.Context, req *upstream.Request, rec *record) (*upstream.Stream, error) {
-	var last error
-	for a.next < len(a.cands) {
-		m := a.cands[a.next]
-		a.next++
-		st, err := m.Open(ctx, req)
+	fw, done := h.startStream(w, r, req, rec)
+	defer done()
+	if err := fw.Start(); err != nil {
+		return outcomeClientGone, nil
+	}
+	fw.KeepAlive(h.heartbeat)
+	var c chunk.Chunk
+	for {
+		err := st.Next(&c)
 		if err == nil {
-			a.member, a.ok = m, false
-			rec.setUpstream(m)
-			return st, nil
+			run.Answered()
+			rec.read(&c, run.Member())
+			if err = fw.Chunk(&c); err == nil {
+				rec.flushed()
+				continue
+			}
+			var gone *frame.DownstreamError
+			if errors.As(err, &gone) {
+				if c.HasDelta() {
+					rec.undelivered++ // produced for a client that had left
+				}
+				return outcomeClientGone, nil
+			}
+			// A chunk this framing cannot carry is the upstream's fault,
+			// and the stream fails like any other broken one.
 		}
-		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
+		if err == io.EOF {
+			if err := fw.Done(); err != nil {
+				return outcomeClientGone, nil
+			}
+			return outcomeCompleted, nil
 		}
-		last = err
-		rec.tried = m
-		if !a.pool.Failed(m, err, time.Now()) {
-			return nil, err
+		if r.Context().Err() != nil {
+			return outcomeClientGone, nil
 		}
-		if a.next < len(a.cands) {
-			rec.failover(m)
+		if run.Retry(ctx, err, fw.WroteDelta()) {
+			st.Close()
+			next, nerr := run.Open(ctx, req)
+			if nerr == nil {
+				st = next
+				continue
+			}
+			if ctx.Err() == nil {
+				err = nerr
+			}
 		}
+		if errors.Is(context.Cause(ctx), errShuttingDown) {
+			err = errShuttingDown
+		}
+		e, outcome := h.streamError(err)
+		_ = fw.Fail(e)
+		return outcome, err
 	}
-	now := time.Now()
-	if last == nil {
-		return nil, a.pool.AllDown(now)
-	}
-	// Every upstream rate limited: the client waits for the first to free
-	// up, told in the words of the last one that refused.
-	var e *chunk.Error
-	if errors.As(last, &e) && e.Status == http.StatusTooManyRequests {
-		if all := a.pool.AllDown(now); all.Status == http.StatusTooManyRequests {
-			limited := *e
-			limited.RetryAfter = all.RetryAfter
-			return nil, &limited
-		}
-	}
-	return nil, last
 }
 
-// failed records a failure of the streaming upstream before any content,
-// and tells whether another may be tried.
-func (a *attempts) failed(err error, rec *record) bool {
-	if a.member == nil || a.next >= len(a.cands) {
-		return false
+// startStream sends the stream's headers and returns its framing writer,
+// with what to call when the stream ends.
+func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upstream.Request, rec *record) (*frame.Writer, func()) {
+	frame.SetHeaders(w.Header(), rec.format)
+	w.WriteHeader(http.StatusOK)
+	rec.status = http.StatusOK
+	rc := http.NewResponseController(w)
+	fw := frame.NewWriter(w, rc.Flush, rec.format)
+	fw.IncludeUsage = req.IncludeUsage
+	fw.StreamID = "llmstream"
+	rec.fw = fw
+	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {
+		// The server already arms a write deadline around every write
+		// and flush (its write_idle_timeout): make that one ours for
+		// this stream, rather than moving a second one twice per chunk.
+		restore := iw.Override(h.writeTimeout, 0, 0)
+		return fw, func() { fw.Close(); restore() }
 	}
-	var ue *chunk.Error
-	if errors.As(err, &ue) || errors.Is(err, upstream.ErrIdleTimeout) || errors.Is(err, upstream.ErrTotalTimeout) {
-		return false // the upstream said why, or the limits are the request's own
-	}
-	a.pool.Failed(a.member, err, time.Now())
-	rec.failover(a.member)
-	return true
+	fw.WriteTimeout, fw.SetDeadline = h.writeTimeout, rc.SetWriteDeadline
+	return fw, fw.Close
 }
 
 // buildRequest reads the client's request into an upstream request.
@@ -476,24 +411,23 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 }
 
 // relayWhole passes a non-streamed answer through as the upstream sent it.
-func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record) error {
+func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record) (string, error) {
 	if ct := st.Header().Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
 	}
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
+	rec.status = http.StatusOK
 	n, err := io.Copy(w, st.Body())
 	rec.bytes = int(n)
 	switch {
 	case err == nil:
-		rec.outcome = outcomeCompleted
+		return outcomeCompleted, nil
 	case r.Context().Err() != nil:
-		rec.outcome = outcomeClientGone
+		return outcomeClientGone, nil
 	default:
-		rec.outcome, rec.err = outcomeUpstreamError, err
-		panic(http.ErrAbortHandler)
+		return outcomeUpstreamError, err
 	}
-	return nil
 }
 
 // streamError maps a failure after the headers went out to what the client

@@ -53,8 +53,8 @@ type record struct {
 	logged      bool
 }
 
-// chunk notes a chunk read from the upstream.
-func (rec *record) chunk(c *chunk.Chunk, m *upstream.Member) {
+// read notes a chunk read from the upstream.
+func (rec *record) read(c *chunk.Chunk, m *upstream.Member) {
 	now := time.Now()
 	since := now.Sub(rec.start)
 	if rec.chunks == 0 {
@@ -81,8 +81,8 @@ func (rec *record) flushed() {
 	metrics.added.Observe(time.Since(rec.readAt).Seconds())
 }
 
-// setUpstream notes the upstream now streaming, for the open-streams gauge.
-func (rec *record) setUpstream(m *upstream.Member) {
+// Opened notes the upstream now streaming, for the open-streams gauge.
+func (rec *record) Opened(m *upstream.Member) {
 	if rec.upstream != nil {
 		metrics.open.WithLabelValues(rec.upstream.Name).Dec()
 	}
@@ -91,9 +91,12 @@ func (rec *record) setUpstream(m *upstream.Member) {
 	rec.gap = metrics.gap.WithLabelValues(m.Name) // looked up once, not per chunk
 }
 
-// failover notes a move away from an upstream that failed.
-func (rec *record) failover(from *upstream.Member) {
-	metrics.failovers.WithLabelValues(from.Name).Inc()
+// Failed notes an upstream that failed, and counts a move away from it.
+func (rec *record) Failed(m *upstream.Member, next bool) {
+	rec.tried = m
+	if next {
+		metrics.failovers.WithLabelValues(m.Name).Inc()
+	}
 }
 
 // finish logs the request's line, counts it and sets the placeholders.
@@ -247,3 +250,6 @@ func registerMetrics(reg *prometheus.Registry) error {
 	}
 	return nil
 }
+
+// Interface guards
+var _ upstream.Observer = (*record)(nil)

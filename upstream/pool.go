@@ -144,10 +144,14 @@ func (p *Pool) Succeeded(m *Member) {
 	m.limited.Store(false)
 }
 
-// Failed records a failure of m; it reports whether the failure should make
-// the request try the next upstream. Connection failures, 5xx, 429 and
-// first-chunk timeouts do; request errors (4xx) are the client's and do not.
+// Failed records a failure of m in its health: a 429 parks it for its
+// Retry-After, and enough failures in a row for a cool-down. It reports
+// whether the failure was the upstream's (MayFailOver): request errors (4xx)
+// are the client's and leave m's health alone.
 func (p *Pool) Failed(m *Member, err error, now time.Time) bool {
+	if !MayFailOver(err, false) {
+		return false
+	}
 	// With one upstream there is nothing to fail over to: parking it would
 	// only turn its recovered answers into ours, and its 429s are often
 	// for one model or key, not for the whole upstream.
@@ -164,9 +168,6 @@ func (p *Pool) Failed(m *Member, err error, now time.Time) bool {
 		m.limited.Store(true)
 		m.downUntil.Store(now.Add(wait).UnixNano())
 		return true
-	}
-	if !Retryable(err) {
-		return false
 	}
 	if int(m.fails.Add(1)) >= max(p.MaxFails, 1) && !alone {
 		m.limited.Store(false)
@@ -210,18 +211,6 @@ func (p *Pool) coolDown() time.Duration {
 		return 10 * time.Second
 	}
 	return p.CoolDown
-}
-
-// Retryable tells whether an upstream failure before any content may be
-// retried on another upstream: not a request error the upstream explained
-// (4xx), and not the request's own idle or total limit.
-func Retryable(err error) bool {
-	var e *chunk.Error
-	if errors.As(err, &e) {
-		return e.Status == http.StatusTooManyRequests || e.Status >= 500 || e.Status == 0
-	}
-	return !errors.Is(err, ErrIdleTimeout) && !errors.Is(err, ErrTotalTimeout) &&
-		!errors.Is(err, context.Canceled)
 }
 
 // retryAfter reads a Retry-After value: seconds, or an HTTP date.

@@ -1,7 +1,9 @@
 package upstream
 
 import (
+	"context"
 	"errors"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -107,23 +109,31 @@ func TestLoneUpstreamIsNeverParked(t *testing.T) {
 	}
 }
 
-func TestRetryable(t *testing.T) {
+// The failover rule, for every kind of failure, before and after anything
+// reached the client.
+func TestMayFailOver(t *testing.T) {
 	for _, tt := range []struct {
-		err  error
-		want bool
+		err              error
+		before, afterAny bool
 	}{
-		{&chunk.Error{Status: 502}, true},
-		{&chunk.Error{Status: 504}, true},
-		{&chunk.Error{Status: 429}, true},
-		{&chunk.Error{Status: 400}, false},
-		{&chunk.Error{Status: 404}, false},
-		{ErrFirstChunkTimeout, true},
-		{ErrIdleTimeout, false},
-		{ErrTotalTimeout, false},
-		{errors.New("connection reset"), true},
+		{&chunk.Error{Status: 502}, true, false},
+		{&chunk.Error{Status: 504}, true, false},
+		{&chunk.Error{Status: 429}, true, false},
+		{&chunk.Error{Status: 400}, false, false},
+		{&chunk.Error{Status: 404}, false, false},
+		{&chunk.Error{Message: "an error event in the stream"}, false, false},
+		{ErrFirstChunkTimeout, true, false},
+		{ErrIdleTimeout, false, false},
+		{ErrTotalTimeout, false, false},
+		{context.Canceled, false, false},
+		{errors.New("connection reset"), true, false},
+		{io.ErrUnexpectedEOF, true, false},
 	} {
-		if got := Retryable(tt.err); got != tt.want {
-			t.Errorf("Retryable(%v) = %v", tt.err, got)
+		if got := MayFailOver(tt.err, false); got != tt.before {
+			t.Errorf("MayFailOver(%v, nothing delivered) = %v", tt.err, got)
+		}
+		if got := MayFailOver(tt.err, true); got != tt.afterAny {
+			t.Errorf("MayFailOver(%v, delivered) = %v", tt.err, got)
 		}
 	}
 }
