@@ -1,6 +1,7 @@
 // Package caddymodule registers caddy-llmstream's Caddy modules and
-// Caddyfile directives: llm_proxy, llm_simulator and desktop_stream. It is
-// glue only; the streaming logic lives in the packages it imports.
+// Caddyfile directives: llm_proxy, llm_simulator, desktop_stream and llm_web
+// (the chat page). It is glue only; the streaming logic lives in the
+// packages it imports.
 package caddymodule
 
 import (

@@ -11,24 +11,11 @@
 //	GET  <prefix>/models            the default model and the special names
 //
 // The requested model name picks a behaviour, so a client can provoke each
-// failure a real upstream has without a real upstream:
+// failure a real upstream has without a real upstream: [Models] lists them
+// (the README's table is checked against it), and any other name gets a
+// normal reply that echoes the model name.
 //
-//	any other name        a normal reply that echoes the model name
-//	sim-reasoning         reasoning_content deltas (DeepSeek style), then content
-//	sim-tools             a get_weather tool call streamed in pieces; finish_reason tool_calls
-//	sim-error-<status>    that HTTP status (400–599) at once, with an OpenAI error body;
-//	                      429 carries Retry-After: 1
-//	sim-error-event       a few chunks, then an in-stream error event; no [DONE]
-//	sim-reset             a few chunks, then the connection is aborted
-//	sim-stall             a few chunks, then silence until the client leaves
-//	sim-stall-first       headers, then silence until the client leaves
-//	sim-garbage           a few chunks, then a data line that is not JSON, then [DONE]
-//	sim-no-done           a complete stream without the final [DONE]
-//	sim-stamp             each content chunk is its send time in Unix nanoseconds
-//	sim-slow-<ms>         that many milliseconds between chunks (at most 10000)
-//	sim-long-<n>          n content chunks (at most 1000000)
-//
-// The same table is exported as [Models]. A request that sets max_tokens or
+// A request that sets max_tokens or
 // max_completion_tokens below the reply's length gets that many content
 // chunks and finish_reason "length". Usage counts words, not tokens:
 // prompt_tokens is the number of words in all messages and completion_tokens

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -504,5 +505,29 @@ func TestContentParts(t *testing.T) {
 	_, c := complete(t, h, body)
 	if got := *c.Choices[0].Message.Content; got != "Echo: alpha beta This " {
 		t.Errorf("content %q", got)
+	}
+}
+
+// The README's model table is Models, written once: every row says what
+// Models says, and it lists no name Models lacks.
+func TestREADMEListsModels(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{}
+	for _, line := range strings.Split(string(readme), "\n") {
+		if name, rest, ok := strings.Cut(strings.TrimPrefix(line, "| `"), "` | "); ok && strings.HasPrefix(line, "| `sim-") {
+			rows[name] = strings.TrimSuffix(rest, " |")
+		}
+	}
+	for _, m := range Models {
+		if rows[m.Name] != m.Behaviour {
+			t.Errorf("README row for %s says %q, Models says %q", m.Name, rows[m.Name], m.Behaviour)
+		}
+		delete(rows, m.Name)
+	}
+	for name := range rows {
+		t.Errorf("README lists %s, which Models lacks", name)
 	}
 }
