@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"net/url"
 	"time"
@@ -411,24 +412,23 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 	return upstream.FromJSON(body, format != frame.OpenAI, h.Model)
 }
 
-// relayWhole passes a non-streamed answer through as the upstream sent it.
+// relayWhole passes on a non-streamed answer, read whole and checked by
+// the upstream client before any of it goes out.
 func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record) (string, error) {
-	if ct := st.Header().Get("Content-Type"); ct != "" {
-		w.Header().Set("Content-Type", ct)
+	ct := "application/json"
+	if mt, _, _ := mime.ParseMediaType(st.Header().Get("Content-Type")); mt == "text/event-stream" {
+		ct = mt // an upstream that streamed anyway
 	}
+	w.Header().Set("Content-Type", ct)
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	rec.status = http.StatusOK
-	n, err := io.Copy(w, st.Body())
-	rec.bytes = int(n)
-	switch {
-	case err == nil:
-		return outcomeCompleted, nil
-	case r.Context().Err() != nil:
+	n, err := w.Write(st.Whole())
+	rec.bytes = n
+	if err != nil {
 		return outcomeClientGone, nil
-	default:
-		return outcomeUpstreamError, err
 	}
+	return outcomeCompleted, nil
 }
 
 // streamError maps a failure after the headers went out to what the client

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
@@ -31,6 +32,9 @@ type Client struct {
 	Idle       time.Duration // 0: no limit
 	Total      time.Duration // 0: no limit
 	MaxLine    int           // longest event or line accepted from the upstream
+
+	redOnce sync.Once
+	red     redactor
 }
 
 // Open sends req and returns the upstream's answer once its status and
@@ -38,7 +42,7 @@ type Client struct {
 // with the status the client should get.
 func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 	ctx, cancel := context.WithCancelCause(parent)
-	s := &Stream{cancel: cancel, ctx: ctx, idle: c.Idle, redact: c.redact}
+	s := &Stream{cancel: cancel, ctx: ctx, idle: c.Idle, red: c.redactor()}
 	if c.Total > 0 {
 		s.total = time.AfterFunc(c.Total, func() { cancel(ErrTotalTimeout) })
 	}
@@ -94,11 +98,13 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 			Message: "upstream answered with a web page (text/html), not the chat-completions API: check the base URL"}
 	case "application/json":
 		s.plain = true
-		if req.Stream {
-			if err := s.readWhole(parent); err != nil {
-				s.Close()
-				return nil, err
-			}
+	}
+	if s.plain || !req.Stream {
+		// A whole answer, asked for or not, is read ahead: an error in it
+		// gets a status of its own before anything goes to the client.
+		if err := s.readWhole(parent); err != nil {
+			s.Close()
+			return nil, err
 		}
 	}
 	s.events = NewEventReader(s.body, c.MaxLine)
@@ -110,6 +116,7 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 // credentials and the upstream's own failures.
 func (c *Client) statusError(resp *http.Response) *chunk.Error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	body = c.redactor().bytes(body) // any field of it may quote a secret
 	e := &chunk.Error{}
 	var wrapped struct {
 		Error json.RawMessage `json:"error"`
@@ -126,7 +133,7 @@ func (c *Client) statusError(resp *http.Response) *chunk.Error {
 			Message: "upstream rejected the server's credentials (status " + strconv.Itoa(code) + ")"}
 	case code == http.StatusTooManyRequests:
 		e.Status = code
-		e.RetryAfter = resp.Header.Get("Retry-After")
+		e.RetryAfter = validRetryAfter(resp.Header.Get("Retry-After"))
 		if e.Type == chunk.TypeUpstream || e.Type == "" {
 			e.Type = chunk.TypeRateLimit
 		}
@@ -148,8 +155,21 @@ func (c *Client) statusError(resp *http.Response) *chunk.Error {
 		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream,
 			Message: "upstream failed (status " + strconv.Itoa(code) + ")"}
 	}
-	e.Message = c.redact(e.Message)
 	return e
+}
+
+// validRetryAfter passes on a Retry-After value only in one of the two
+// forms HTTP allows (seconds, or a date), so an upstream's header cannot
+// carry anything else to the client.
+func validRetryAfter(v string) string {
+	v = strings.TrimSpace(v)
+	if n, err := strconv.ParseUint(v, 10, 31); err == nil {
+		return strconv.FormatUint(n, 10)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return t.UTC().Format(http.TimeFormat)
+	}
+	return ""
 }
 
 // newRequest builds a request for path under the base URL with the
@@ -201,10 +221,8 @@ func (c *Client) endpoint(path string) string {
 	return u.JoinPath(path).String()
 }
 
-// redact removes the server's key from text that came from the upstream.
-func (c *Client) redact(s string) string {
-	if c.APIKey == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, c.APIKey, "[redacted]")
+// redactor is the client's redactor, made on first use.
+func (c *Client) redactor() redactor {
+	c.redOnce.Do(func() { c.red = newRedactor(c.APIKey, c.BaseURL) })
+	return c.red
 }

@@ -404,3 +404,30 @@ func TestCheckSendsTheSameHeaders(t *testing.T) {
 		t.Errorf("Check of an unreachable upstream = %v, want its *url.Error without the query", err)
 	}
 }
+
+// A whole answer that takes longer than the first-chunk limit to arrive is
+// read to its end: once its first bytes came, only the idle limit applies.
+func TestSlowWholeAnswerOutlastsFirstChunkLimit(t *testing.T) {
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		body := `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"slow"},"finish_reason":"stop"}]}`
+		for i := 0; i < len(body); i += 20 {
+			io.WriteString(w, body[i:min(i+20, len(body))])
+			w.(http.Flusher).Flush()
+			time.Sleep(40 * time.Millisecond)
+		}
+	})
+	c.FirstChunk, c.Idle = 100*time.Millisecond, time.Second
+	req, err := FromJSON([]byte(`{"messages":[{"role":"user","content":"hi"}],"stream":false}`), false, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Open(context.Background(), req)
+	if err != nil {
+		t.Fatalf("Open = %v, want the whole slow answer", err)
+	}
+	defer s.Close()
+	if !strings.Contains(string(s.Whole()), `"slow"`) {
+		t.Errorf("Whole = %s", s.Whole())
+	}
+}

@@ -32,7 +32,7 @@ type Stream struct {
 	plain   bool   // the upstream ignored "stream" and sent one JSON body
 	whole   []byte // that body, read ahead when the client asked for a stream
 	maxLine int
-	redact  func(string) string // removes the server's key from upstream text
+	red     redactor // removes the server's secrets from what the upstream sends
 	// closeBody releases the decoder of a compressed body.
 	closeBody func()
 
@@ -51,14 +51,17 @@ type Stream struct {
 // Header is the upstream response's header.
 func (s *Stream) Header() http.Header { return s.resp.Header }
 
-// Body is the raw response body, for relaying a non-streamed answer.
-func (s *Stream) Body() io.Reader { return s.body }
+// Whole is the body of an answer to a request that did not stream, or of
+// an upstream that ignored "stream" and sent one JSON body: read ahead, and
+// with the server's secrets removed. It is nil for an event stream.
+func (s *Stream) Whole() []byte { return s.whole }
 
 // readWhole reads the one JSON body of an upstream that ignored "stream"
 // before anything goes to the client, so that an error in it (some
 // gateways answer 200 with {"error":...}) gets a status of its own rather
 // than an in-stream signal after a 200.
 func (s *Stream) readWhole(parent context.Context) error {
+	s.body.whole = true // its first bytes are its first chunk
 	body, err := io.ReadAll(io.LimitReader(s.body, s.limit()+1))
 	if err != nil {
 		return s.failure(parent, "reading the upstream's answer failed")
@@ -66,12 +69,11 @@ func (s *Stream) readWhole(parent context.Context) error {
 	if int64(len(body)) > s.limit() {
 		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "upstream answer larger than the proxy accepts"}
 	}
-	s.whole = body
+	s.whole = s.red.bytes(body)
 	var probe chunk.Chunk
-	if ParseChunk(body, &probe) == nil && probe.Err != nil {
+	if ParseChunk(s.whole, &probe) == nil && probe.Err != nil {
 		e := *probe.Err
 		e.Status = http.StatusBadGateway
-		e.Message = s.redact(e.Message)
 		return &e
 	}
 	return nil
@@ -96,8 +98,6 @@ func (s *Stream) limit() int64 {
 	}
 	return int64(s.maxLine)
 }
-
-// statusError maps an upstream failure status to what the client gets: the
 
 // Next decodes the next chunk into c. It returns io.EOF when the upstream
 // finished properly: "[DONE]", or the end of the body after a finish reason
@@ -130,16 +130,15 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 			return io.EOF
 		}
 		s.arrived()
+		data := s.red.bytes(ev.Data) // every field may quote a secret
 		if bytes.Equal(ev.Type, errorType) {
-			c.Err = ErrorEvent(ev.Data)
-			c.Err.Message = s.redact(c.Err.Message)
+			c.Err = ErrorEvent(data)
 			return c.Err
 		}
-		if err := s.parser.Parse(ev.Data, c); err != nil {
+		if err := s.parser.Parse(data, c); err != nil {
 			return err
 		}
 		if c.Err != nil {
-			c.Err.Message = s.redact(c.Err.Message) // it may quote the key
 			return c.Err
 		}
 		if c.FinishReason != "" {
@@ -168,7 +167,6 @@ func (s *Stream) nextPlain(c *chunk.Chunk) error {
 		return err
 	}
 	if c.Err != nil {
-		c.Err.Message = s.redact(c.Err.Message)
 		return c.Err
 	}
 	return nil
@@ -259,15 +257,23 @@ func (s *Stream) Close() {
 }
 
 // watchedBody reports every successful read to the stream's idle timer.
+// Once a whole body starts to arrive, the first-chunk limit gives way to
+// the idle limit, as it does at an event stream's first event: a long
+// answer still arriving is not one that never came.
 type watchedBody struct {
-	r io.Reader
-	s *Stream
+	r     io.Reader
+	s     *Stream
+	whole bool // a whole body is being read and no byte of it came yet
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	if n > 0 {
 		b.s.activity()
+		if b.whole {
+			b.whole = false
+			b.s.arrived()
+		}
 	}
 	return n, err
 }
