@@ -299,7 +299,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.Request, rec *record) (string, error) {
 	ctx, stop := untilExit(r)
 	defer stop()
-	run := h.pool.Attempt(rec.start, h.maxTries, rec)
+	run := h.pool.Attempt(rec.start, req.Model, h.maxTries, rec)
 	st, err := run.Open(ctx, req)
 	if err != nil {
 		if r.Context().Err() != nil {

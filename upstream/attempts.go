@@ -41,6 +41,7 @@ type Observer interface {
 // Candidates gives them, failing over by MayFailOver.
 type Attempts struct {
 	pool   *Pool
+	model  string // the model the request names, as the pool parks it
 	obs    Observer
 	cands  []*Member
 	next   int
@@ -48,10 +49,10 @@ type Attempts struct {
 	ok     bool    // member has answered with a chunk
 }
 
-// Attempt starts the walk of one request that arrived at now, over at most
-// tries upstreams (all of them if tries < 1).
-func (p *Pool) Attempt(now time.Time, tries int, obs Observer) *Attempts {
-	return &Attempts{pool: p, obs: obs, cands: p.Candidates(now, tries)}
+// Attempt starts the walk of one request for model that arrived at now,
+// over at most tries upstreams (all of them if tries < 1).
+func (p *Pool) Attempt(now time.Time, model string, tries int, obs Observer) *Attempts {
+	return &Attempts{pool: p, model: model, obs: obs, cands: p.Candidates(now, model, tries)}
 }
 
 // Member is the upstream streaming now, nil before one answered.
@@ -92,11 +93,11 @@ func (a *Attempts) Open(ctx context.Context, req *Request) (*Stream, error) {
 	}
 	now := time.Now()
 	if last == nil {
-		return nil, a.pool.AllDown(now)
+		return nil, a.pool.AllDown(now, a.model)
 	}
 	var e *chunk.Error
 	if errors.As(last, &e) && e.Status == http.StatusTooManyRequests {
-		if all := a.pool.AllDown(now); all.Status == http.StatusTooManyRequests {
+		if all := a.pool.AllDown(now, a.model); all.Status == http.StatusTooManyRequests {
 			limited := *e
 			limited.RetryAfter = all.RetryAfter
 			return nil, &limited
@@ -120,7 +121,7 @@ func (a *Attempts) Retry(ctx context.Context, err error, delivered bool) bool {
 func (a *Attempts) failed(m *Member, err error, delivered bool) bool {
 	next := MayFailOver(err, delivered)
 	if next {
-		a.pool.Failed(m, err, time.Now())
+		a.pool.Failed(m, a.model, err, time.Now())
 		next = a.next < len(a.cands)
 	}
 	a.obs.Failed(m, next)

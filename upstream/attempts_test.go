@@ -54,7 +54,7 @@ func TestAttemptsWalk(t *testing.T) {
 		{[]int{429, 429}, "fail a next=true,fail b next=false", 429},
 	} {
 		var heard events
-		st, err := statusPool(t, tt.statuses...).Attempt(time.Now(), 0, &heard).Open(context.Background(), req)
+		st, err := statusPool(t, tt.statuses...).Attempt(time.Now(), "m", 0, &heard).Open(context.Background(), req)
 		var e *chunk.Error
 		switch {
 		case tt.status == 0 && err != nil, tt.status != 0 && (!errors.As(err, &e) || e.Status != tt.status):
@@ -85,7 +85,7 @@ func TestAttemptsRetry(t *testing.T) {
 		{false, true, false},
 	} {
 		var heard events
-		run := statusPool(t, 200, 200).Attempt(time.Now(), 0, &heard)
+		run := statusPool(t, 200, 200).Attempt(time.Now(), "m", 0, &heard)
 		ctx, cancel := context.WithCancel(context.Background())
 		st, err := run.Open(ctx, req)
 		if err != nil {

@@ -44,8 +44,11 @@ type Member struct {
 	open      atomic.Int64 // streams open now
 	fails     atomic.Int32 // consecutive failures
 	downUntil atomic.Int64 // unix nanoseconds; skipped until then
-	limited   atomic.Bool  // down because it answered 429
-	current   int          // smooth weighted round robin state, under Pool.mu
+	// parked maps a model to the unix nanoseconds until which this
+	// upstream is skipped for it, after a 429: quotas are per model, so
+	// one model's spent quota never locks out the others.
+	parked  sync.Map
+	current int // smooth weighted round robin state, under Pool.mu
 }
 
 // Open opens a stream on this member, renaming the model if it says so,
@@ -63,12 +66,27 @@ func (m *Member) Open(ctx context.Context, req *Request) (*Stream, error) {
 	return s, nil
 }
 
-// Healthy tells whether m may be tried at t.
+// Healthy tells whether m may be tried at t for any model.
 func (m *Member) Healthy(t time.Time) bool { return t.UnixNano() >= m.downUntil.Load() }
+
+// parkedUntil is when m's 429 for model ends, 0 if it is not parked for it
+// at t. An ended park is dropped, so the map holds only live ones.
+func (m *Member) parkedUntil(model string, t time.Time) int64 {
+	v, ok := m.parked.Load(model)
+	if !ok {
+		return 0
+	}
+	until := v.(int64)
+	if t.UnixNano() >= until {
+		m.parked.CompareAndDelete(model, v)
+		return 0
+	}
+	return until
+}
 
 // Pool is a set of upstreams with a balancing policy and passive health:
 // an upstream that keeps failing is skipped for a cool-down, one that
-// answered 429 for its Retry-After.
+// answered 429 for a model is skipped for that model for its Retry-After.
 type Pool struct {
 	Members  []*Member
 	Policy   Policy
@@ -83,13 +101,14 @@ type Pool struct {
 // upstream may be tried.
 var ErrAllDown = errors.New("every upstream is down")
 
-// Candidates lists the healthy members in the order a request tries them:
-// the policy's choice first, then the others in configured order from it.
-// It returns at most tries members (all of them if tries < 1).
-func (p *Pool) Candidates(now time.Time, tries int) []*Member {
+// Candidates lists the members that may answer a request for model, in the
+// order it tries them: the policy's choice first, then the others in
+// configured order from it. It returns at most tries members (all of them
+// if tries < 1).
+func (p *Pool) Candidates(now time.Time, model string, tries int) []*Member {
 	healthy := make([]*Member, 0, len(p.Members))
 	for _, m := range p.Members {
-		if m.Healthy(now) {
+		if m.Healthy(now) && m.parkedUntil(model, now) == 0 {
 			healthy = append(healthy, m)
 		}
 	}
@@ -139,16 +158,13 @@ func (p *Pool) smoothWeighted(ms []*Member) int {
 }
 
 // Succeeded records a stream that delivered its first chunk.
-func (p *Pool) Succeeded(m *Member) {
-	m.fails.Store(0)
-	m.limited.Store(false)
-}
+func (p *Pool) Succeeded(m *Member) { m.fails.Store(0) }
 
-// Failed records a failure of m in its health: a 429 parks it for its
-// Retry-After, and enough failures in a row for a cool-down. It reports
-// whether the failure was the upstream's (MayFailOver): request errors (4xx)
-// are the client's and leave m's health alone.
-func (p *Pool) Failed(m *Member, err error, now time.Time) bool {
+// Failed records a failure of m for a request for model: a 429 parks m for
+// that model for its Retry-After, and enough other failures in a row park
+// it for a cool-down. It reports whether the failure was the upstream's
+// (MayFailOver): request errors (4xx) are the client's and leave m alone.
+func (p *Pool) Failed(m *Member, model string, err error, now time.Time) bool {
 	if !MayFailOver(err, false) {
 		return false
 	}
@@ -165,12 +181,10 @@ func (p *Pool) Failed(m *Member, err error, now time.Time) bool {
 		if wait <= 0 {
 			wait = p.coolDown()
 		}
-		m.limited.Store(true)
-		m.downUntil.Store(now.Add(wait).UnixNano())
+		m.parked.Store(model, now.Add(wait).UnixNano())
 		return true
 	}
 	if int(m.fails.Add(1)) >= max(p.MaxFails, 1) && !alone {
-		m.limited.Store(false)
 		m.downUntil.Store(now.Add(p.coolDown()).UnixNano())
 	}
 	return true
@@ -179,31 +193,30 @@ func (p *Pool) Failed(m *Member, err error, now time.Time) bool {
 // MarkHealth sets m's health from an active check.
 func (p *Pool) MarkHealth(m *Member, ok bool, now time.Time, interval time.Duration) {
 	if ok {
-		if !m.limited.Load() {
-			m.downUntil.Store(0)
-		}
+		m.downUntil.Store(0)
 		m.fails.Store(0)
 		return
 	}
-	m.limited.Store(false)
 	m.downUntil.Store(now.Add(max(interval, p.coolDown())).UnixNano())
 }
 
-// AllDown is the answer when no upstream may be tried: 429 with the
-// shortest wait when every one is rate limited, else 502.
-func (p *Pool) AllDown(now time.Time) *chunk.Error {
-	var soonest time.Duration = -1
+// AllDown is the answer when no upstream may be tried for model: 429 with
+// the shortest wait when every one is parked for it, else 502.
+func (p *Pool) AllDown(now time.Time, model string) *chunk.Error {
+	var soonest int64
 	for _, m := range p.Members {
-		if !m.limited.Load() {
+		until := m.parkedUntil(model, now)
+		if until == 0 {
 			return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: ErrAllDown.Error()}
 		}
-		if wait := time.Duration(m.downUntil.Load() - now.UnixNano()); soonest < 0 || wait < soonest {
-			soonest = wait
+		if soonest == 0 || until < soonest {
+			soonest = until
 		}
 	}
-	secs := int64((soonest + time.Second - 1) / time.Second)
+	wait := time.Duration(soonest - now.UnixNano())
+	secs := int64((wait + time.Second - 1) / time.Second)
 	return &chunk.Error{Status: http.StatusTooManyRequests, Type: chunk.TypeRateLimit,
-		Message: "every upstream is rate limited", RetryAfter: strconv.FormatInt(max(secs, 1), 10)}
+		Message: "every upstream is rate limited for " + strconv.Quote(model), RetryAfter: strconv.FormatInt(max(secs, 1), 10)}
 }
 
 func (p *Pool) coolDown() time.Duration {

@@ -22,7 +22,7 @@ func testPool(policy Policy, weights ...int) *Pool {
 func firsts(p *Pool, n int, now time.Time) string {
 	s := ""
 	for i := 0; i < n; i++ {
-		s += p.Candidates(now, 0)[0].BaseURL
+		s += p.Candidates(now, "", 0)[0].BaseURL
 	}
 	return s
 }
@@ -48,13 +48,13 @@ func TestPolicies(t *testing.T) {
 	seen := map[string]bool{}
 	rp := testPool(Random, 1, 1, 1)
 	for i := 0; i < 200; i++ {
-		seen[rp.Candidates(now, 0)[0].BaseURL] = true
+		seen[rp.Candidates(now, "", 0)[0].BaseURL] = true
 	}
 	if len(seen) != 3 {
 		t.Errorf("random picked only %v", seen)
 	}
 	// The rest follow in configured order, cut to the tries allowed.
-	order := testPool(First, 1, 1, 1).Candidates(now, 2)
+	order := testPool(First, 1, 1, 1).Candidates(now, "", 2)
 	if len(order) != 2 || order[0].BaseURL != "a" || order[1].BaseURL != "b" {
 		t.Errorf("tries: %v", order)
 	}
@@ -65,35 +65,53 @@ func TestPassiveHealth(t *testing.T) {
 	p := testPool(First, 1, 1)
 	a := p.Members[0]
 	boom := &chunk.Error{Status: http.StatusBadGateway}
-	if !p.Failed(a, boom, now) || !a.Healthy(now) {
+	if !p.Failed(a, "m", boom, now) || !a.Healthy(now) {
 		t.Fatal("one failure must not park it (max fails 2)")
 	}
-	p.Failed(a, boom, now)
+	p.Failed(a, "m", boom, now)
 	if a.Healthy(now) || !a.Healthy(now.Add(time.Minute)) {
 		t.Fatal("two failures park it for the cool-down")
 	}
-	if got := p.Candidates(now, 0); len(got) != 1 || got[0].BaseURL != "b" {
+	if got := p.Candidates(now, "", 0); len(got) != 1 || got[0].BaseURL != "b" {
 		t.Fatalf("parked upstream still a candidate: %v", got)
 	}
 	// Request errors are the client's: no failover, no mark.
-	if p.Failed(p.Members[1], &chunk.Error{Status: 400}, now) || !p.Members[1].Healthy(now) {
+	if p.Failed(p.Members[1], "m", &chunk.Error{Status: 400}, now) || !p.Members[1].Healthy(now) {
 		t.Error("a 400 counted against the upstream")
 	}
-	// 429 parks it for its Retry-After.
-	if !p.Failed(p.Members[1], &chunk.Error{Status: 429, RetryAfter: "30"}, now) {
+	// 429 parks it for its Retry-After, for that model alone.
+	b := p.Members[1]
+	if !p.Failed(b, "m", &chunk.Error{Status: 429, RetryAfter: "30"}, now) {
 		t.Error("429 must fail over")
 	}
-	if p.Members[1].Healthy(now.Add(29*time.Second)) || !p.Members[1].Healthy(now.Add(30*time.Second)) {
+	candidate := func(model string, at time.Time) bool {
+		for _, m := range p.Candidates(at, model, 0) {
+			if m == b {
+				return true
+			}
+		}
+		return false
+	}
+	if candidate("m", now.Add(29*time.Second)) {
 		t.Error("429 not parked for its Retry-After")
 	}
+	if !candidate("other", now) || !b.Healthy(now) {
+		t.Error("a 429 for one model parked the upstream for every model")
+	}
 	// Not all rate limited: 502.
-	if e := p.AllDown(now); e.Status != 502 {
+	if e := p.AllDown(now, "m"); e.Status != 502 {
 		t.Errorf("AllDown %+v", e)
 	}
 	p.Succeeded(a)
-	p.Failed(a, &chunk.Error{Status: 429, RetryAfter: "7"}, now)
-	if e := p.AllDown(now); e.Status != 429 || e.RetryAfter != "7" {
+	p.Failed(a, "m", &chunk.Error{Status: 429, RetryAfter: "7"}, now)
+	if e := p.AllDown(now, "m"); e.Status != 429 || e.RetryAfter != "7" {
 		t.Errorf("all rate limited: %+v, want 429 with the shortest wait", e)
+	}
+	if e := p.AllDown(now, "other"); e.Status != 502 {
+		t.Errorf("AllDown for a model nobody refused: %+v, want 502", e)
+	}
+	if !candidate("m", now.Add(30*time.Second)) {
+		t.Error("429 parked past its Retry-After")
 	}
 }
 
@@ -101,9 +119,9 @@ func TestLoneUpstreamIsNeverParked(t *testing.T) {
 	now := time.Now()
 	p := testPool(RoundRobin, 1)
 	for i := 0; i < 5; i++ {
-		p.Failed(p.Members[0], &chunk.Error{Status: 503}, now)
+		p.Failed(p.Members[0], "m", &chunk.Error{Status: 503}, now)
 	}
-	p.Failed(p.Members[0], &chunk.Error{Status: 429, RetryAfter: "60"}, now)
+	p.Failed(p.Members[0], "m", &chunk.Error{Status: 429, RetryAfter: "60"}, now)
 	if !p.Members[0].Healthy(now) {
 		t.Error("a lone upstream was parked: its recovery would be hidden")
 	}
