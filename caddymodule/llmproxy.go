@@ -319,13 +319,33 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 		return outcomeClientGone, nil
 	}
 	fw.KeepAlive(h.heartbeat)
-	var c chunk.Chunk
+	// Once any chunk went to the client, no other upstream may answer:
+	// the client would read two completions spliced (two ids, two role
+	// deltas), which SDKs' accumulators reject. So a first chunk that
+	// carries nothing to see (OpenAI's and vLLM's role-only chunk) is held
+	// back until the next one, and failover stays open until there is
+	// something to show.
+	var c, held chunk.Chunk
+	sent, holding := false, false
 	for {
 		err := st.Next(&c)
 		if err == nil {
 			run.Answered()
 			rec.read(&c, run.Member())
-			if err = fw.Chunk(&c); err == nil {
+			if !sent && !holding && contentFree(&c) {
+				held, holding = c, true
+				held.Raw = append([]byte(nil), c.Raw...)
+				continue
+			}
+			if holding {
+				holding = false
+				err = fw.Chunk(&held)
+			}
+			if err == nil {
+				sent = true
+				err = fw.Chunk(&c)
+			}
+			if err == nil {
 				rec.flushed()
 				continue
 			}
@@ -339,6 +359,13 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 			// A chunk this framing cannot carry is the upstream's fault,
 			// and the stream fails like any other broken one.
 		}
+		if err == io.EOF && holding {
+			holding = false
+			err = fw.Chunk(&held)
+			if err == nil {
+				err = io.EOF
+			}
+		}
 		if err == io.EOF {
 			if err := fw.Done(); err != nil {
 				return outcomeClientGone, nil
@@ -348,7 +375,8 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 		if r.Context().Err() != nil {
 			return outcomeClientGone, nil
 		}
-		if run.Retry(ctx, err, fw.WroteDelta()) {
+		holding = false // a failure drops what was held back
+		if run.Retry(ctx, err, sent) {
 			st.Close()
 			next, nerr := run.Open(ctx, req)
 			if nerr == nil {
@@ -366,6 +394,12 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 		_ = fw.Fail(e)
 		return outcome, err
 	}
+}
+
+// contentFree tells whether c carries nothing a client would miss if
+// another upstream answered instead: no delta, no finish, no usage.
+func contentFree(c *chunk.Chunk) bool {
+	return !c.HasDelta() && c.FinishReason == "" && c.Usage == nil && c.Err == nil
 }
 
 // startStream sends the stream's headers and returns its framing writer,
