@@ -20,6 +20,7 @@ import (
 
 	"github.com/llmstream/caddy-llmstream/chunk"
 	"github.com/llmstream/caddy-llmstream/frame"
+	"github.com/llmstream/caddy-llmstream/guard"
 	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
@@ -242,6 +243,13 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		w.Header().Set("Allow", "GET, POST")
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
 			Message: "method " + r.Method + " not allowed: use POST with a chat-completions body or GET with ?prompt="})
+	}
+	if err := guard.CrossSite(r, nil); err != nil {
+		status := http.StatusForbidden
+		if errors.Is(err, guard.ErrNotJSON) {
+			status = http.StatusUnsupportedMediaType
+		}
+		return h.reject(w, r, &chunk.Error{Status: status, Type: chunk.TypeInvalidRequest, Message: err.Error()})
 	}
 	if h.RateLimit != nil {
 		release, err := h.RateLimit.Admit(w, r)
