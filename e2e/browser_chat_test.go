@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"image/png"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -18,28 +16,18 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 var writeScreenshot = flag.Bool("screenshot", false, "TestBrowserChat writes ../docs/screenshot-chat.png")
-
-// chromiumPath finds the browser: Debian's chromium package, or a Chrome.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome-stable", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	needTool(t, "chromium (apt-get install chromium)", errors.New("no chromium, chromium-browser or google-chrome on PATH"))
-	return ""
-}
 
 // newBrowser starts a headless Chromium with a fresh profile and an 800x600
 // window, and returns the context of its one tab. The machine may have no
 // internet, so everything that phones home is off.
 func newBrowser(t *testing.T) context.Context {
 	t.Helper()
-	path := chromiumPath(t)
+	path := testenv.Program(t, "chromium (apt-get install chromium)", "chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
 	profile := t.TempDir() // removed after the browser has stopped (cleanups run last-in first-out)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		chromedp.ExecPath(path),

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +17,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 var caddyBin string
@@ -40,17 +43,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// freePort returns a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // syncBuffer collects a process's output.
@@ -84,7 +76,7 @@ type caddy struct {
 // stand for free ports. It waits until the site answers.
 func startCaddy(t *testing.T, caddyfile string, env ...string) *caddy {
 	t.Helper()
-	port, admin := freePort(t), freePort(t)
+	port, admin := testenv.FreePort(t), testenv.FreePort(t)
 	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tdebug\n}\n", admin) + strings.ReplaceAll(caddyfile, "{PORT}", fmt.Sprint(port))
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Caddyfile")

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 // upstream is a scripted OpenAI-compatible upstream.
@@ -586,7 +588,7 @@ func TestExampleCaddyfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sim := freePort(t)
+	sim := testenv.FreePort(t)
 	cf := strings.ReplaceAll(string(src), "localhost:8080", "127.0.0.1:{PORT}")
 	cf = strings.ReplaceAll(cf, "localhost:8081", fmt.Sprintf("127.0.0.1:%d", sim))
 	c := startCaddy(t, cf)

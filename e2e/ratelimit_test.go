@@ -18,6 +18,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmstream/caddy-llmstream/internal/redistest"
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 // startCaddyGlobal is startCaddy with extra global options, such as
@@ -25,7 +28,7 @@ import (
 // startCaddy writes its own.
 func startCaddyGlobal(t *testing.T, globals, caddyfile string, env ...string) *caddy {
 	t.Helper()
-	port, admin := freePort(t), freePort(t)
+	port, admin := testenv.FreePort(t), testenv.FreePort(t)
 	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tdebug\n%s\n}\n", admin, globals) +
 		strings.ReplaceAll(caddyfile, "{PORT}", strconv.Itoa(port))
 	dir := t.TempDir()
@@ -507,74 +510,11 @@ func TestRateLimitHandleErrors(t *testing.T) {
 	}
 }
 
-// rlRedis is a redis-server on a loopback port.
-type rlRedis struct {
-	t    *testing.T
-	bin  string
-	args []string
-	port int
-	cmd  *exec.Cmd
-}
-
-func newRLRedis(t *testing.T, extra ...string) *rlRedis {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis-server not on PATH, and CI=true: the shared rate limit must be tested in CI: %v", err)
-		}
-		t.Skipf("redis-server not on PATH (apt install redis-server), skipping the shared rate limit: %v", err)
-	}
-	dir := t.TempDir()
-	port := freePort(t)
-	r := &rlRedis{t: t, bin: bin, port: port, args: append([]string{
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"),
-	}, extra...)}
-	t.Cleanup(r.stop)
-	r.start()
-	return r
-}
-
-func (r *rlRedis) start() {
-	r.t.Helper()
-	r.cmd = exec.Command(r.bin, r.args...)
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("starting redis-server: %v", err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(r.port), 200*time.Millisecond)
-		if err == nil {
-			conn.SetDeadline(time.Now().Add(time.Second))
-			io.WriteString(conn, "PING\r\n")
-			line, _ := bufio.NewReader(conn).ReadString('\n')
-			conn.Close()
-			if strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH") {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server on port %d did not answer", r.port)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (r *rlRedis) stop() {
-	if r.cmd == nil {
-		return
-	}
-	r.cmd.Process.Kill()
-	r.cmd.Wait()
-	r.cmd = nil
-}
-
 // TestRateLimitRedis runs two Caddy instances on one redis: one shared limit,
 // on_store_error during an outage, and limiting again once redis is back.
 func TestRateLimitRedis(t *testing.T) {
 	const password = "s3cret-redis-pw"
-	rs := newRLRedis(t, "--requirepass", password)
+	rs := redistest.Start(t, "--requirepass", password)
 	up := newUpstream(t, completeStream)
 	cfg := fmt.Sprintf(`http://127.0.0.1:{PORT} {
 	llm_proxy /allow {
@@ -595,7 +535,7 @@ func TestRateLimitRedis(t *testing.T) {
 		}
 	}
 }`, up.URL)
-	env := fmt.Sprintf("TEST_REDIS_URL=redis://:%s@127.0.0.1:%d/0", password, rs.port)
+	env := fmt.Sprintf("TEST_REDIS_URL=redis://:%s@%s/0", password, rs.Addr())
 	a, b := startCaddy(t, cfg, env), startCaddy(t, cfg, env)
 
 	// One limit across both instances.
@@ -617,7 +557,7 @@ func TestRateLimitRedis(t *testing.T) {
 
 	// Redis goes away: /allow lets requests through, /deny refuses them,
 	// promptly, and each limit of each instance warns once.
-	rs.stop()
+	rs.Stop()
 	for _, c := range []*caddy{a, b} {
 		for range 3 {
 			start := time.Now()
@@ -660,7 +600,7 @@ func TestRateLimitRedis(t *testing.T) {
 
 	// Redis is back (empty): each instance sees it at its next request, and
 	// one limit applies again.
-	rs.start()
+	rs.Start()
 	resume := func(c *caddy, path string) int {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
