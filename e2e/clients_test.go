@@ -46,5 +46,5 @@ http://127.0.0.1:{PORT} {
 	}
 	llm_web
 }
-`, strings.TrimSuffix(sim, "/v1"), simOpts, sim, proxyOpts, chatUpstream, proxyOpts), "TEST_LLM_KEY="+testKey)
+`, strings.TrimSuffix(sim, "/v1"), simOpts, sim, proxyOpts, chatUpstream, proxyOpts), withEnv("TEST_LLM_KEY="+testKey))
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,51 +19,11 @@ import (
 	"time"
 
 	"github.com/llmstream/caddy-llmstream/internal/redistest"
-	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
-// startCaddyGlobal is startCaddy with extra global options, such as
-// `servers { trusted_proxies ... }`: a Caddyfile has one global block, and
-// startCaddy writes its own.
-func startCaddyGlobal(t *testing.T, globals, caddyfile string, env ...string) *caddy {
-	t.Helper()
-	port, admin := testenv.FreePort(t), testenv.FreePort(t)
-	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tdebug\n%s\n}\n", admin, globals) +
-		strings.ReplaceAll(caddyfile, "{PORT}", strconv.Itoa(port))
-	dir := t.TempDir()
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(cf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := &caddy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Admin: fmt.Sprintf("127.0.0.1:%d", admin), Log: &syncBuffer{}, dir: dir}
-	c.cmd = exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
-	c.cmd.Env = append(append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), env...)
-	c.cmd.Stdout, c.cmd.Stderr = c.Log, c.Log
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.cmd.Process.Kill()
-		c.cmd.Wait()
-		if t.Failed() {
-			t.Logf("caddy log:\n%s", c.Log.String())
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
-		if err == nil {
-			conn.Close()
-			return c
-		}
-		if time.Now().After(deadline) || c.cmd.ProcessState != nil {
-			t.Fatalf("caddy did not start: %v\n%s", err, c.Log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-const trustLoopback = "\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}"
+// trustLoopback makes caddy take the client's address from
+// X-Forwarded-For when the request comes from loopback, as the test's does.
+var trustLoopback = withGlobals("\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}")
 
 // completeStream answers every request with a short finished stream.
 func completeStream(w http.ResponseWriter, r *http.Request) {
@@ -178,7 +137,7 @@ func TestRateLimitTrustedProxies(t *testing.T) {
 	}
 
 	// Trusted: the forwarded address is the client.
-	c = startCaddyGlobal(t, trustLoopback, cfg)
+	c = startCaddy(t, cfg, trustLoopback)
 	steps := []struct {
 		xff       string
 		status    int
@@ -206,7 +165,7 @@ func TestRateLimitTrustedProxies(t *testing.T) {
 
 func TestRateLimitIPv6Prefix(t *testing.T) {
 	up := newUpstream(t, completeStream)
-	c := startCaddyGlobal(t, trustLoopback, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	c := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 	llm_proxy /net/* {
 		to %[1]s
 		format text
@@ -219,7 +178,7 @@ func TestRateLimitIPv6Prefix(t *testing.T) {
 			ipv6_prefix 128
 		}
 	}
-}`, up.URL))
+}`, up.URL), trustLoopback)
 	steps := []struct {
 		path, ip  string
 		status    int
@@ -315,7 +274,7 @@ func openStream(t *testing.T, ctx context.Context, c *caddy, ip, prompt string) 
 
 func TestRateLimitMaxConcurrent(t *testing.T) {
 	up := newHoldingUpstream(t)
-	c := startCaddyGlobal(t, trustLoopback, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	c := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 	llm_proxy %s {
 		format ndjson
 		heartbeat 0
@@ -323,7 +282,7 @@ func TestRateLimitMaxConcurrent(t *testing.T) {
 			max_concurrent 2
 		}
 	}
-}`, up.URL))
+}`, up.URL), trustLoopback)
 	const alice, bob = "198.51.100.1", "198.51.100.2"
 	bg := context.Background()
 
@@ -535,7 +494,7 @@ func TestRateLimitRedis(t *testing.T) {
 		}
 	}
 }`, up.URL)
-	env := fmt.Sprintf("TEST_REDIS_URL=redis://:%s@%s/0", password, rs.Addr())
+	env := withEnv(fmt.Sprintf("TEST_REDIS_URL=redis://:%s@%s/0", password, rs.Addr()))
 	a, b := startCaddy(t, cfg, env), startCaddy(t, cfg, env)
 
 	// One limit across both instances.
