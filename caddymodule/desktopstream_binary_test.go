@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmstream/caddy-llmstream/capture/mjpegtest"
 	"github.com/llmstream/caddy-llmstream/capture/xvfbtest"
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 // caddyBinary builds cmd/caddy once per test run, always to the same
@@ -72,7 +74,7 @@ func runCaddy(t *testing.T, display string) *caddyProcess {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cfg := filepath.Join(dir, "Caddyfile")
 	err = os.WriteFile(cfg, fmt.Appendf(nil, `{
 	admin off
@@ -140,14 +142,14 @@ func TestDesktopStreamBinaryExitsWithOpenStream(t *testing.T) {
 
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
-	s := openStream(t, &http.Client{Transport: tr}, p.base+"/desktop")
-	s.next(t)
+	s := mjpegtest.Open(t, &http.Client{Transport: tr}, p.base+"/desktop")
+	s.Next(t)
 
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- endOf(s) }()
+	go func() { exited <- s.End() }()
 	select {
 	case err := <-exited:
 		if err != nil {
