@@ -110,7 +110,8 @@ func currentHub(t *testing.T) *capture.Hub {
 
 // In Caddy itself: a reload keeps the capture loop and ends the old
 // config's streams, and stopping Caddy ends them and the loop. (A process
-// exit, which waits for the servers to drain, is tested on the binary.)
+// exit, which waits for the servers to drain, is tested on the binary in
+// e2e/desktop_test.go.)
 func TestDesktopStreamInCaddyReloadAndStop(t *testing.T) {
 	fakeDisplays(t, &screen{c: red}, 1, nil)
 	port := testenv.FreePort(t)
