@@ -8,8 +8,8 @@ import (
 	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
-// The tests in clients_*_test.go and browser_*_test.go drive the proxy with
-// real clients: the official OpenAI SDKs for Go and Node, and Chromium
+// The tests in clients_*_test.go and browser_chat_test.go drive the proxy
+// with real clients: the official OpenAI SDKs for Go and Node, and Chromium
 // running the chat page. They run against llm_proxy in front of the
 // built-in llm_simulator, both in one caddy process.
 
