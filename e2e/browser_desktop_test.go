@@ -13,12 +13,20 @@ import (
 	"github.com/llmstream/caddy-llmstream/capture/xvfbtest"
 )
 
-// openDesktop loads desktop_stream's viewer page into a new browser.
-func openDesktop(t *testing.T, url string) *tab {
+// viewDesktop starts Xvfb painted red, caddy streaming it at 10 fps, and
+// Chromium on the viewer page, and waits until the page shows red.
+func viewDesktop(t *testing.T) (*xvfbtest.Server, *tab) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs Chromium")
+	}
+	x := xvfbtest.Start(t, "320x240x24")
+	xvfbtest.Paint(t, x.Display, "red")
+	c := desktopCaddy(t, 10, x.Display)
 	p := &tab{t: t, ctx: newBrowser(t)}
-	p.do(chromedp.Navigate(url))
-	return p
+	p.do(chromedp.Navigate(c.URL + "/desktop?view"))
+	waitColour(p, "255,0,0", 10*time.Second)
+	return x, p
 }
 
 // shownColour draws the page's <img> on a canvas and reads its centre.
@@ -66,15 +74,7 @@ func abs(x int) int { return max(x, -x) }
 // a part one tick later, so the viewer page shows a change promptly even
 // when the screen then stays still.
 func TestBrowserDesktopPaintsPromptly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs Chromium")
-	}
-	x := xvfbtest.Start(t, "320x240x24")
-	xvfbtest.Paint(t, x.Display, "red")
-	c := desktopCaddy(t, 10, x.Display)
-
-	p := openDesktop(t, c.URL+"/desktop?view")
-	waitColour(p, "255,0,0", 10*time.Second)
+	x, p := viewDesktop(t)
 	if got := pageEval[string](p, desktopStatus); got != "live" {
 		t.Errorf("status %q", got)
 	}
@@ -91,15 +91,7 @@ func TestBrowserDesktopPaintsPromptly(t *testing.T) {
 // The viewer page shows why the stream dropped and reconnects when the
 // display is back.
 func TestBrowserDesktopReconnects(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs Chromium")
-	}
-	x := xvfbtest.Start(t, "320x240x24")
-	xvfbtest.Paint(t, x.Display, "red")
-	c := desktopCaddy(t, 10, x.Display)
-
-	p := openDesktop(t, c.URL+"/desktop?view")
-	waitColour(p, "255,0,0", 10*time.Second)
+	x, p := viewDesktop(t)
 
 	x.Stop()
 	deadline := time.Now().Add(10 * time.Second)
