@@ -16,8 +16,7 @@ import (
 // Node SDK against llm_proxy in front of llm_simulator, with node's own test
 // runner. It needs node and the packages of e2e/node (npm ci --prefix e2e/node).
 func TestClientsOpenAINode(t *testing.T) {
-	node, err := exec.LookPath("node")
-	testenv.Need(t, "node", err)
+	node := testenv.Program(t, "node (apt-get install nodejs npm)", "node")
 	if _, err := os.Stat(filepath.Join("node", "node_modules", "openai", "package.json")); err != nil {
 		testenv.Need(t, "the npm packages of e2e/node (npm ci --prefix e2e/node)", errors.New("e2e/node/node_modules/openai is missing"))
 	}
