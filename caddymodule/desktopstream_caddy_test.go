@@ -3,8 +3,6 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -14,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/llmstream/caddy-llmstream/capture"
+	"github.com/llmstream/caddy-llmstream/capture/mjpegtest"
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 func TestDesktopStreamAdapt(t *testing.T) {
@@ -92,16 +92,6 @@ func loadCaddyfile(t *testing.T, caddyfile string) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // currentHub is the capture loop in the pool; there must be one.
 func currentHub(t *testing.T) *capture.Hub {
 	t.Helper()
@@ -118,25 +108,13 @@ func currentHub(t *testing.T) *capture.Hub {
 	return hub
 }
 
-// endOf reads s until it ends and tells whether it ended with the close
-// delimiter.
-func endOf(s *stream) error {
-	for {
-		if _, err := s.mr.NextPart(); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-	}
-}
-
 // In Caddy itself: a reload keeps the capture loop and ends the old
 // config's streams, and stopping Caddy ends them and the loop. (A process
-// exit, which waits for the servers to drain, is tested on the binary.)
+// exit, which waits for the servers to drain, is tested on the binary in
+// e2e/desktop_test.go.)
 func TestDesktopStreamInCaddyReloadAndStop(t *testing.T) {
 	fakeDisplays(t, &screen{c: red}, 1, nil)
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	site := func(extra string) string {
 		return fmt.Sprintf(`{
 			admin off
@@ -162,19 +140,19 @@ func TestDesktopStreamInCaddyReloadAndStop(t *testing.T) {
 			_ = caddy.Stop()
 		}
 	}()
-	s1 := openStream(t, c, base+"/desktop")
-	s1.next(t)
+	s1 := mjpegtest.Open(t, c, base+"/desktop")
+	s1.Next(t)
 	hub := currentHub(t)
 
 	loadCaddyfile(t, site(`respond /other "other"`))
-	if err := endOf(s1); err != nil {
+	if err := s1.End(); err != nil {
 		t.Fatalf("old stream after the reload: %v", err)
 	}
 	if currentHub(t) != hub {
 		t.Fatal("the reload replaced the capture loop")
 	}
-	s2 := openStream(t, c, base+"/desktop")
-	s2.next(t)
+	s2 := mjpegtest.Open(t, c, base+"/desktop")
+	s2.Next(t)
 
 	done := make(chan error, 1)
 	go func() { done <- caddy.Stop() }()
@@ -187,7 +165,7 @@ func TestDesktopStreamInCaddyReloadAndStop(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("caddy.Stop is held by an open stream")
 	}
-	if err := endOf(s2); err != nil {
+	if err := s2.End(); err != nil {
 		t.Fatalf("stream after stop: %v", err)
 	}
 	if _, err := hub.Join(); !errors.Is(err, capture.ErrClosed) {

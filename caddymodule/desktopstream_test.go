@@ -9,8 +9,6 @@ import (
 	"image/color"
 	"image/jpeg"
 	"io"
-	"mime"
-	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -25,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/llmstream/caddy-llmstream/capture"
+	"github.com/llmstream/caddy-llmstream/capture/mjpegtest"
 )
 
 func TestDesktopStreamCaddyfile(t *testing.T) {
@@ -212,54 +211,6 @@ func noLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
 }
 
-// stream is a client reading the multipart stream.
-type stream struct {
-	resp *http.Response
-	mr   *multipart.Reader
-}
-
-func openStream(t *testing.T, c *http.Client, url string) *stream {
-	t.Helper()
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		t.Fatalf("GET %s: %s: %s", url, resp.Status, body)
-	}
-	mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/x-mixed-replace" {
-		t.Fatalf("Content-Type %q", resp.Header.Get("Content-Type"))
-	}
-	return &stream{resp: resp, mr: multipart.NewReader(resp.Body, params["boundary"])}
-}
-
-// next reads the next part and decodes its JPEG.
-func (s *stream) next(t *testing.T) image.Image {
-	t.Helper()
-	p, err := s.mr.NextPart()
-	if err != nil {
-		t.Fatalf("reading the next part: %v", err)
-	}
-	if ct := p.Header.Get("Content-Type"); ct != "image/jpeg" {
-		t.Fatalf("part Content-Type %q", ct)
-	}
-	data, err := io.ReadAll(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cl := p.Header.Get("Content-Length"); cl != strconv.Itoa(len(data)) {
-		t.Fatalf("part Content-Length %q for %d bytes", cl, len(data))
-	}
-	img, err := jpeg.Decode(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
 func centre(img image.Image) color.RGBA {
 	b := img.Bounds()
 	r, g, bl, _ := img.At((b.Min.X+b.Max.X)/2, (b.Min.Y+b.Max.Y)/2).RGBA()
@@ -414,13 +365,13 @@ func TestDesktopStreamFollowsScreen(t *testing.T) {
 	ds := provision(t, "desktop_stream {\n fps 50\n}")
 	srv, c := serve(t, ds)
 
-	s := openStream(t, c, srv.URL)
-	if got := centre(s.next(t)); !near(got, red) {
+	s := mjpegtest.Open(t, c, srv.URL)
+	if got := centre(s.Next(t)); !near(got, red) {
 		t.Fatalf("first frame %v", got)
 	}
 	scr.set(blue, nil)
 	for {
-		if near(centre(s.next(t)), blue) {
+		if near(centre(s.Next(t)), blue) {
 			break
 		}
 	}
@@ -557,10 +508,10 @@ func TestDesktopStreamMaxViewers(t *testing.T) {
 	ds := provision(t, "desktop_stream {\n max_viewers 2\n}")
 	srv, c := serve(t, ds)
 
-	s1 := openStream(t, c, srv.URL)
-	s1.next(t)
-	s2 := openStream(t, c, srv.URL)
-	s2.next(t)
+	s1 := mjpegtest.Open(t, c, srv.URL)
+	s1.Next(t)
+	s2 := mjpegtest.Open(t, c, srv.URL)
+	s2.Next(t)
 
 	resp, err := c.Get(srv.URL)
 	if err != nil {
@@ -582,7 +533,7 @@ func TestDesktopStreamMaxViewers(t *testing.T) {
 	}
 
 	// A viewer leaves; its place is free once its handler noticed.
-	s1.resp.Body.Close()
+	s1.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		resp, err := c.Get(srv.URL)
@@ -609,11 +560,11 @@ func TestDesktopStreamCaptureErrors(t *testing.T) {
 
 	// A stream that is running when the display goes away ends: first the
 	// close delimiter, then the connection breaks.
-	s := openStream(t, c, srv.URL)
-	s.next(t)
+	s := mjpegtest.Open(t, c, srv.URL)
+	s.Next(t)
 	scr.set(red, errors.New("no X display: cannot connect to :7"))
 	for {
-		_, err := s.mr.NextPart()
+		_, err := s.NextPart()
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				t.Fatalf("the stream ended without its close delimiter: %v", err)
@@ -661,14 +612,14 @@ func TestDesktopStreamEndsOnCleanup(t *testing.T) {
 	ds := provision(t, `desktop_stream`)
 	srv, c := serve(t, ds)
 
-	s := openStream(t, c, srv.URL)
-	s.next(t)
+	s := mjpegtest.Open(t, c, srv.URL)
+	s.Next(t)
 	hub := ds.hub
 	if err := ds.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
 	for {
-		if _, err := s.mr.NextPart(); err != nil {
+		if _, err := s.NextPart(); err != nil {
 			break
 		}
 	}
@@ -688,12 +639,12 @@ func TestDesktopStreamLoopStopsWithoutViewers(t *testing.T) {
 	if st := ds.hub.Stats(); st.Running || st.Captures != 0 {
 		t.Fatalf("the loop runs before any viewer: %+v", st)
 	}
-	s := openStream(t, c, srv.URL)
-	s.next(t)
+	s := mjpegtest.Open(t, c, srv.URL)
+	s.Next(t)
 	if !ds.hub.Stats().Running {
 		t.Fatal("the loop is not running for a viewer")
 	}
-	s.resp.Body.Close()
+	s.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for ds.hub.Stats().Running {
 		if time.Now().After(deadline) {

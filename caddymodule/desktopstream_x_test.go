@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmstream/caddy-llmstream/capture/mjpegtest"
 	"github.com/llmstream/caddy-llmstream/capture/xvfbtest"
 )
 
@@ -50,8 +51,8 @@ func TestDesktopStreamXvfb(t *testing.T) {
 	}`)
 	srv, c := serve(t, ds)
 
-	s := openStream(t, c, srv.URL)
-	img := s.next(t)
+	s := mjpegtest.Open(t, c, srv.URL)
+	img := s.Next(t)
 	if b := img.Bounds(); b.Dx() != 320 || b.Dy() != 180 {
 		t.Fatalf("640x360 with max_width 320 streamed as %v", b)
 	}
@@ -62,7 +63,7 @@ func TestDesktopStreamXvfb(t *testing.T) {
 	// A change of colour shows within a second.
 	xvfbtest.Paint(t, x.Display, "blue")
 	painted := time.Now()
-	for !near(centre(s.next(t)), blue) {
+	for !near(centre(s.Next(t)), blue) {
 	}
 	if d := time.Since(painted); d > time.Second {
 		t.Errorf("the stream took %v to follow the screen", d)
@@ -83,8 +84,8 @@ func TestDesktopStreamXvfb(t *testing.T) {
 	}
 
 	// max_viewers 2: the second viewer is in, the third is not.
-	s2 := openStream(t, c, srv.URL)
-	s2.next(t)
+	s2 := mjpegtest.Open(t, c, srv.URL)
+	s2.Next(t)
 	if resp, body := get(t, c, srv.URL); resp.StatusCode != 503 || !strings.Contains(string(body), "max_viewers 2") {
 		t.Fatalf("third viewer: %s %q", resp.Status, body)
 	}
@@ -98,8 +99,8 @@ func TestDesktopStreamXvfb(t *testing.T) {
 	}
 
 	// With the viewers gone, the loop stops.
-	s.resp.Body.Close()
-	s2.resp.Body.Close()
+	s.Close()
+	s2.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for ds.hub.Stats().Running {
 		if time.Now().After(deadline) {
@@ -131,10 +132,10 @@ func TestDesktopStreamXvfbOutageAndRecovery(t *testing.T) {
 	ds := provision(t, "desktop_stream {\n fps 20\n}")
 	srv, c := serve(t, ds)
 
-	s := openStream(t, c, srv.URL)
-	s.next(t)
+	s := mjpegtest.Open(t, c, srv.URL)
+	s.Next(t)
 	x.Stop()
-	if err := endOf(s); err != nil {
+	if err := s.End(); err != nil {
 		t.Fatalf("the stream did not end cleanly when the display went: %v", err)
 	}
 	resp, body := get(t, c, srv.URL+"?snapshot")

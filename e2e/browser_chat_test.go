@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"image/png"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -22,89 +20,15 @@ import (
 
 var writeScreenshot = flag.Bool("screenshot", false, "TestBrowserChat writes ../docs/screenshot-chat.png")
 
-// chromiumPath finds the browser: Debian's chromium package, or a Chrome.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome-stable", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	needTool(t, "chromium (apt-get install chromium)", errors.New("no chromium, chromium-browser or google-chrome on PATH"))
-	return ""
-}
-
-// newBrowser starts a headless Chromium with a fresh profile and an 800x600
-// window, and returns the context of its one tab. The machine may have no
-// internet, so everything that phones home is off.
-func newBrowser(t *testing.T) context.Context {
-	t.Helper()
-	path := chromiumPath(t)
-	profile := t.TempDir() // removed after the browser has stopped (cleanups run last-in first-out)
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(path),
-		chromedp.UserDataDir(profile),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.WindowSize(800, 600),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-background-timer-throttling", true),
-		chromedp.Flag("disable-renderer-backgrounding", true),
-		chromedp.Flag("disable-backgrounding-occluded-windows", true),
-		chromedp.Flag("no-proxy-server", true),
-		chromedp.Flag("force-color-profile", "srgb"),
-	)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(func() {
-		cancel()
-		cancelAlloc()
-	})
-	// The first run starts the browser; it must not carry a timeout, or the
-	// browser would stop with it.
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("starting %s: %v", path, err)
-	}
-	return ctx
-}
-
 // chatPage drives web/index.html in a browser tab.
 type chatPage struct {
-	t   *testing.T
-	ctx context.Context
+	*tab
 }
 
 func openChat(t *testing.T, ctx context.Context, url string) *chatPage {
-	p := &chatPage{t: t, ctx: ctx}
+	p := &chatPage{&tab{t: t, ctx: ctx}}
 	p.do(chromedp.EmulateViewport(800, 600), chromedp.Navigate(url), chromedp.WaitVisible(chromedp.CSS("#send")))
 	return p
-}
-
-func (p *chatPage) do(steps ...chromedp.Action[chromedp.Void]) {
-	p.t.Helper()
-	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, steps...); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
-func pageEval[T any](p *chatPage, expr string) T {
-	p.t.Helper()
-	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
-	defer cancel()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
-	if err != nil {
-		p.t.Fatalf("evaluating %s: %v", expr, err)
-	}
-	return v
 }
 
 // turn is what the page shows of one prompt and its reply.
@@ -120,7 +44,7 @@ type turn struct {
 // the index of the new turn.
 func (p *chatPage) send(prompt, model, transport string) int {
 	p.t.Helper()
-	n := pageEval[int](p, `document.querySelectorAll('#log .turn').length`)
+	n := pageEval[int](p.tab, `document.querySelectorAll('#log .turn').length`)
 	p.setModel(model)
 	p.do(
 		chromedp.WaitEnabled(chromedp.CSS("#send")),
@@ -135,12 +59,12 @@ func (p *chatPage) send(prompt, model, transport string) int {
 func (p *chatPage) setModel(model string) {
 	p.t.Helper()
 	js, _ := json.Marshal(model)
-	pageEval[string](p, `document.getElementById('model').value = `+string(js))
+	pageEval[string](p.tab, `document.getElementById('model').value = `+string(js))
 }
 
 func (p *chatPage) turn(i int) turn {
 	p.t.Helper()
-	return pageEval[turn](p, `(() => {
+	return pageEval[turn](p.tab, `(() => {
 		const t = document.querySelectorAll('#log .turn')[`+strconv.Itoa(i)+`];
 		if (!t) return {state: 'missing', answer: '', reasoning: '', tools: '', status: ''};
 		const text = (sel) => t.querySelector(sel).textContent;
@@ -238,7 +162,7 @@ func TestBrowserChat(t *testing.T) {
 			!strings.HasPrefix(final.Answer, "Echo: think first ") || strings.Contains(final.Answer, "reasoning") {
 			t.Errorf("%+v", final)
 		}
-		visible := pageEval[bool](p, `!document.querySelectorAll('#log .turn')[`+strconv.Itoa(i)+`].querySelector('.reasoning').hidden`)
+		visible := pageEval[bool](p.tab, `!document.querySelectorAll('#log .turn')[`+strconv.Itoa(i)+`].querySelector('.reasoning').hidden`)
 		if !visible {
 			t.Error("the reasoning block is hidden")
 		}
@@ -304,7 +228,7 @@ func TestBrowserChat(t *testing.T) {
 		p.setModel("")
 		// The reasoning block folds away when the answer starts; unfold it.
 		p.do(chromedp.Click(chromedp.CSS("#log .turn:last-child .reasoning summary")))
-		if !pageEval[bool](p, `document.querySelector('#log .turn:last-child .reasoning').open`) {
+		if !pageEval[bool](p.tab, `document.querySelector('#log .turn:last-child .reasoning').open`) {
 			t.Error("the reasoning block did not open")
 		}
 		ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)

@@ -8,16 +8,17 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 // TestClientsOpenAINode runs e2e/node/openai.test.mjs, the official OpenAI
 // Node SDK against llm_proxy in front of llm_simulator, with node's own test
 // runner. It needs node and the packages of e2e/node (npm ci --prefix e2e/node).
 func TestClientsOpenAINode(t *testing.T) {
-	node, err := exec.LookPath("node")
-	needTool(t, "node", err)
+	node := testenv.Program(t, "node (apt-get install nodejs npm)", "node")
 	if _, err := os.Stat(filepath.Join("node", "node_modules", "openai", "package.json")); err != nil {
-		needTool(t, "the npm packages of e2e/node (npm ci --prefix e2e/node)", errors.New("e2e/node/node_modules/openai is missing"))
+		testenv.Need(t, "the npm packages of e2e/node (npm ci --prefix e2e/node)", errors.New("e2e/node/node_modules/openai is missing"))
 	}
 
 	c := simStack(t, "chunk_interval 5ms\n\t\tchunks 8", "heartbeat 20ms", "")

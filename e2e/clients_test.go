@@ -2,28 +2,16 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
-// The tests in clients_*_test.go and browser_*_test.go drive the proxy with
-// real clients: the official OpenAI SDKs for Go and Node, and Chromium
+// The tests in clients_*_test.go and browser_chat_test.go drive the proxy
+// with real clients: the official OpenAI SDKs for Go and Node, and Chromium
 // running the chat page. They run against llm_proxy in front of the
 // built-in llm_simulator, both in one caddy process.
-
-// needTool skips a test whose system tool is missing, with the reason. In
-// CI (CI=true) the tool must be there, so the test fails instead.
-func needTool(t *testing.T, what string, err error) {
-	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and this test needs %s: %v", what, err)
-	}
-	t.Skipf("skipping: this test needs %s: %v", what, err)
-}
 
 // simStack starts caddy with llm_simulator on a port of its own and, on
 // {PORT}, llm_proxy in front of it at /v1/chat/completions (the openai
@@ -34,7 +22,7 @@ func needTool(t *testing.T, what string, err error) {
 // at chatUpstream when it is not empty.
 func simStack(t *testing.T, simOpts, proxyOpts, chatUpstream string) *caddy {
 	t.Helper()
-	sim := fmt.Sprintf("http://127.0.0.1:%d/v1", freePort(t))
+	sim := fmt.Sprintf("http://127.0.0.1:%d/v1", testenv.FreePort(t))
 	if chatUpstream == "" {
 		chatUpstream = sim
 	}
@@ -58,5 +46,5 @@ http://127.0.0.1:{PORT} {
 	}
 	llm_web
 }
-`, strings.TrimSuffix(sim, "/v1"), simOpts, sim, proxyOpts, chatUpstream, proxyOpts), "TEST_LLM_KEY="+testKey)
+`, strings.TrimSuffix(sim, "/v1"), simOpts, sim, proxyOpts, chatUpstream, proxyOpts), withEnv("TEST_LLM_KEY="+testKey))
 }

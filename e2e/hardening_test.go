@@ -163,10 +163,8 @@ func TestStopDoesNotHangOnEndlessStreams(t *testing.T) {
 	if out, err := exec.Command(caddyBin, "stop", "--address", c.Admin).CombinedOutput(); err != nil {
 		t.Fatalf("caddy stop: %v %s", err, out)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- c.cmd.Wait() }()
 	select {
-	case <-exited:
+	case <-c.exited:
 		t.Logf("caddy exited %v after stop", time.Since(start))
 	case <-time.After(10 * time.Second):
 		t.Fatal("caddy stop hung on an endless stream")

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +17,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 var caddyBin string
@@ -40,17 +43,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// freePort returns a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // syncBuffer collects a process's output.
@@ -78,29 +70,63 @@ type caddy struct {
 	Log   *syncBuffer
 	cmd   *exec.Cmd
 	dir   string
+	// exited is closed once the process has exited.
+	exited chan struct{}
 }
 
-// startCaddy runs the binary with a Caddyfile in which {PORT} and {ADMIN}
-// stand for free ports. It waits until the site answers.
-func startCaddy(t *testing.T, caddyfile string, env ...string) *caddy {
+// caddyOption adds to what startCaddy runs caddy with.
+type caddyOption func(*caddySetup)
+
+type caddySetup struct {
+	globals string
+	env     []string
+}
+
+// withGlobals adds global options, such as `servers { trusted_proxies ... }`:
+// a Caddyfile has one global block, and startCaddy writes it.
+func withGlobals(options string) caddyOption {
+	return func(s *caddySetup) { s.globals += options + "\n" }
+}
+
+// withEnv adds variables ("NAME=value") to the environment caddy inherits
+// from the test. An empty value unsets a variable for the code that reads
+// it with os.Getenv.
+func withEnv(vars ...string) caddyOption {
+	return func(s *caddySetup) { s.env = append(s.env, vars...) }
+}
+
+// startCaddy runs the binary with a Caddyfile in which {PORT} stands for a
+// free port, under a global block of its own (the admin endpoint on another
+// free port, debug logs) and the options'. It waits until the site answers.
+func startCaddy(t *testing.T, caddyfile string, opts ...caddyOption) *caddy {
 	t.Helper()
-	port, admin := freePort(t), freePort(t)
-	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tdebug\n}\n", admin) + strings.ReplaceAll(caddyfile, "{PORT}", fmt.Sprint(port))
+	var setup caddySetup
+	for _, o := range opts {
+		o(&setup)
+	}
+	port, admin := testenv.FreePort(t), testenv.FreePort(t)
+	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tdebug\n%s}\n", admin, setup.globals) +
+		strings.ReplaceAll(caddyfile, "{PORT}", fmt.Sprint(port))
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(cf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := &caddy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Admin: fmt.Sprintf("127.0.0.1:%d", admin), Log: &syncBuffer{}, dir: dir}
+	c := &caddy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Admin: fmt.Sprintf("127.0.0.1:%d", admin),
+		Log: &syncBuffer{}, dir: dir, exited: make(chan struct{})}
 	c.cmd = exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
-	c.cmd.Env = append(append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), env...)
+	c.cmd.Env = append(append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), setup.env...)
 	c.cmd.Stdout, c.cmd.Stderr = c.Log, c.Log
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() {
+		_ = c.cmd.Wait()
+		close(c.exited)
+	}()
 	t.Cleanup(func() {
-		c.cmd.Process.Kill()
-		c.cmd.Wait()
+		_ = c.cmd.Process.Kill()
+		<-c.exited
 		if t.Failed() {
 			t.Logf("caddy log:\n%s", c.Log.String())
 		}
@@ -112,7 +138,12 @@ func startCaddy(t *testing.T, caddyfile string, env ...string) *caddy {
 			conn.Close()
 			return c
 		}
-		if time.Now().After(deadline) || c.cmd.ProcessState != nil {
+		select {
+		case <-c.exited:
+			t.Fatalf("caddy exited before it served: %v\n%s", c.cmd.ProcessState, c.Log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
 			t.Fatalf("caddy did not start: %v\n%s", err, c.Log.String())
 		}
 		time.Sleep(50 * time.Millisecond)

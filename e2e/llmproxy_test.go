@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 // upstream is a scripted OpenAI-compatible upstream.
@@ -96,7 +98,7 @@ func TestFramingsWithAwkwardSplits(t *testing.T) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		awkward(w, stream, 1, 7, 2, 13, 3)
 	})
-	c := startCaddy(t, proxyConfig(up.URL, ""), "TEST_LLM_KEY="+testKey)
+	c := startCaddy(t, proxyConfig(up.URL, ""), withEnv("TEST_LLM_KEY="+testKey))
 
 	tests := []struct {
 		name, url, accept, want, ctype string
@@ -157,7 +159,7 @@ func TestOpenAIPostPassThrough(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"whole"},"finish_reason":"stop"}]}`)
 	})
-	c := startCaddy(t, proxyConfig(up.URL, ""), "TEST_LLM_KEY="+testKey)
+	c := startCaddy(t, proxyConfig(up.URL, ""), withEnv("TEST_LLM_KEY="+testKey))
 
 	// Without include_usage the client does not see the usage chunk.
 	resp := post(t, c.URL+"/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0.5,"tools":[{"type":"function","function":{"name":"f"}}]}`,
@@ -295,7 +297,7 @@ func TestFailuresBeforeFirstByte(t *testing.T) {
 	llm_proxy /dead {
 		to %s
 	}
-}`, up.URL, stall.URL, dead.URL), "TEST_LLM_KEY="+testKey)
+}`, up.URL, stall.URL, dead.URL), withEnv("TEST_LLM_KEY="+testKey))
 
 	msg := `{"messages":[{"role":"user","content":"hi"}],"stream":true}`
 	tests := []struct {
@@ -501,7 +503,7 @@ func TestHeartbeatsAndSecrets(t *testing.T) {
 		io.WriteString(w, "data: "+chunkJSON("late")+"\n\ndata: "+finishJSON+"\n\ndata: [DONE]\n\n")
 	})
 	cfg := proxyConfig(up.URL, "heartbeat 50ms")
-	c := startCaddy(t, cfg, "TEST_LLM_KEY="+testKey)
+	c := startCaddy(t, cfg, withEnv("TEST_LLM_KEY="+testKey))
 	resp := get(t, c.URL+"/v1/chat/completions?prompt=x", "Authorization", "Bearer client-secret")
 	body, _ := io.ReadAll(resp.Body)
 	if !strings.HasPrefix(string(body), ": keepalive\n\n") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
@@ -586,7 +588,7 @@ func TestExampleCaddyfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sim := freePort(t)
+	sim := testenv.FreePort(t)
 	cf := strings.ReplaceAll(string(src), "localhost:8080", "127.0.0.1:{PORT}")
 	cf = strings.ReplaceAll(cf, "localhost:8081", fmt.Sprintf("127.0.0.1:%d", sim))
 	c := startCaddy(t, cf)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,50 +17,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmstream/caddy-llmstream/internal/redistest"
 )
 
-// startCaddyGlobal is startCaddy with extra global options, such as
-// `servers { trusted_proxies ... }`: a Caddyfile has one global block, and
-// startCaddy writes its own.
-func startCaddyGlobal(t *testing.T, globals, caddyfile string, env ...string) *caddy {
-	t.Helper()
-	port, admin := freePort(t), freePort(t)
-	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tdebug\n%s\n}\n", admin, globals) +
-		strings.ReplaceAll(caddyfile, "{PORT}", strconv.Itoa(port))
-	dir := t.TempDir()
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(cf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := &caddy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Admin: fmt.Sprintf("127.0.0.1:%d", admin), Log: &syncBuffer{}, dir: dir}
-	c.cmd = exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
-	c.cmd.Env = append(append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), env...)
-	c.cmd.Stdout, c.cmd.Stderr = c.Log, c.Log
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.cmd.Process.Kill()
-		c.cmd.Wait()
-		if t.Failed() {
-			t.Logf("caddy log:\n%s", c.Log.String())
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
-		if err == nil {
-			conn.Close()
-			return c
-		}
-		if time.Now().After(deadline) || c.cmd.ProcessState != nil {
-			t.Fatalf("caddy did not start: %v\n%s", err, c.Log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-const trustLoopback = "\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}"
+// trustLoopback makes caddy take the client's address from
+// X-Forwarded-For when the request comes from loopback, as the test's does.
+var trustLoopback = withGlobals("\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}")
 
 // completeStream answers every request with a short finished stream.
 func completeStream(w http.ResponseWriter, r *http.Request) {
@@ -175,7 +137,7 @@ func TestRateLimitTrustedProxies(t *testing.T) {
 	}
 
 	// Trusted: the forwarded address is the client.
-	c = startCaddyGlobal(t, trustLoopback, cfg)
+	c = startCaddy(t, cfg, trustLoopback)
 	steps := []struct {
 		xff       string
 		status    int
@@ -203,7 +165,7 @@ func TestRateLimitTrustedProxies(t *testing.T) {
 
 func TestRateLimitIPv6Prefix(t *testing.T) {
 	up := newUpstream(t, completeStream)
-	c := startCaddyGlobal(t, trustLoopback, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	c := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 	llm_proxy /net/* {
 		to %[1]s
 		format text
@@ -216,7 +178,7 @@ func TestRateLimitIPv6Prefix(t *testing.T) {
 			ipv6_prefix 128
 		}
 	}
-}`, up.URL))
+}`, up.URL), trustLoopback)
 	steps := []struct {
 		path, ip  string
 		status    int
@@ -312,7 +274,7 @@ func openStream(t *testing.T, ctx context.Context, c *caddy, ip, prompt string) 
 
 func TestRateLimitMaxConcurrent(t *testing.T) {
 	up := newHoldingUpstream(t)
-	c := startCaddyGlobal(t, trustLoopback, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	c := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 	llm_proxy %s {
 		format ndjson
 		heartbeat 0
@@ -320,7 +282,7 @@ func TestRateLimitMaxConcurrent(t *testing.T) {
 			max_concurrent 2
 		}
 	}
-}`, up.URL))
+}`, up.URL), trustLoopback)
 	const alice, bob = "198.51.100.1", "198.51.100.2"
 	bg := context.Background()
 
@@ -507,74 +469,11 @@ func TestRateLimitHandleErrors(t *testing.T) {
 	}
 }
 
-// rlRedis is a redis-server on a loopback port.
-type rlRedis struct {
-	t    *testing.T
-	bin  string
-	args []string
-	port int
-	cmd  *exec.Cmd
-}
-
-func newRLRedis(t *testing.T, extra ...string) *rlRedis {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis-server not on PATH, and CI=true: the shared rate limit must be tested in CI: %v", err)
-		}
-		t.Skipf("redis-server not on PATH (apt install redis-server), skipping the shared rate limit: %v", err)
-	}
-	dir := t.TempDir()
-	port := freePort(t)
-	r := &rlRedis{t: t, bin: bin, port: port, args: append([]string{
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"),
-	}, extra...)}
-	t.Cleanup(r.stop)
-	r.start()
-	return r
-}
-
-func (r *rlRedis) start() {
-	r.t.Helper()
-	r.cmd = exec.Command(r.bin, r.args...)
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("starting redis-server: %v", err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(r.port), 200*time.Millisecond)
-		if err == nil {
-			conn.SetDeadline(time.Now().Add(time.Second))
-			io.WriteString(conn, "PING\r\n")
-			line, _ := bufio.NewReader(conn).ReadString('\n')
-			conn.Close()
-			if strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH") {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server on port %d did not answer", r.port)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (r *rlRedis) stop() {
-	if r.cmd == nil {
-		return
-	}
-	r.cmd.Process.Kill()
-	r.cmd.Wait()
-	r.cmd = nil
-}
-
 // TestRateLimitRedis runs two Caddy instances on one redis: one shared limit,
 // on_store_error during an outage, and limiting again once redis is back.
 func TestRateLimitRedis(t *testing.T) {
 	const password = "s3cret-redis-pw"
-	rs := newRLRedis(t, "--requirepass", password)
+	rs := redistest.Start(t, "--requirepass", password)
 	up := newUpstream(t, completeStream)
 	cfg := fmt.Sprintf(`http://127.0.0.1:{PORT} {
 	llm_proxy /allow {
@@ -595,7 +494,7 @@ func TestRateLimitRedis(t *testing.T) {
 		}
 	}
 }`, up.URL)
-	env := fmt.Sprintf("TEST_REDIS_URL=redis://:%s@127.0.0.1:%d/0", password, rs.port)
+	env := withEnv(fmt.Sprintf("TEST_REDIS_URL=redis://:%s@%s/0", password, rs.Addr()))
 	a, b := startCaddy(t, cfg, env), startCaddy(t, cfg, env)
 
 	// One limit across both instances.
@@ -617,7 +516,7 @@ func TestRateLimitRedis(t *testing.T) {
 
 	// Redis goes away: /allow lets requests through, /deny refuses them,
 	// promptly, and each limit of each instance warns once.
-	rs.stop()
+	rs.Stop()
 	for _, c := range []*caddy{a, b} {
 		for range 3 {
 			start := time.Now()
@@ -660,7 +559,7 @@ func TestRateLimitRedis(t *testing.T) {
 
 	// Redis is back (empty): each instance sees it at its next request, and
 	// one limit applies again.
-	rs.start()
+	rs.Start()
 	resume := func(c *caddy, path string) int {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)

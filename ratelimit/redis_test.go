@@ -1,14 +1,8 @@
 package ratelimit
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,108 +12,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/llmstream/caddy-llmstream/internal/redistest"
 )
-
-// redisServer is a real redis-server on a loopback port, killed at cleanup.
-type redisServer struct {
-	t    *testing.T
-	bin  string
-	port int
-	args []string
-	cmd  *exec.Cmd
-}
-
-func needRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis-server not on PATH, and CI=true: the shared-store tests must run in CI: %v", err)
-		}
-		t.Skipf("redis-server not on PATH, skipping the shared-store tests: %v", err)
-	}
-	return bin
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func newRedisServer(t *testing.T, port int, extra ...string) *redisServer {
-	t.Helper()
-	dir := t.TempDir()
-	s := &redisServer{
-		t:    t,
-		bin:  needRedis(t),
-		port: port,
-		args: append([]string{
-			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", dir,
-			"--logfile", filepath.Join(dir, "redis.log"),
-		}, extra...),
-	}
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *redisServer) start() {
-	s.t.Helper()
-	s.cmd = exec.Command(s.bin, s.args...)
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("starting redis-server: %v", err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if s.answers() {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on port %d did not answer PING", s.port)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// answers speaks just enough RESP to know the server is up, without the
-// client under test.
-func (s *redisServer) answers() bool {
-	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)), 200*time.Millisecond)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return false
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	// -NOAUTH also means up.
-	return err == nil && (strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH"))
-}
-
-func (s *redisServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
-	s.cmd = nil
-}
-
-func (s *redisServer) signal(sig syscall.Signal) {
-	s.t.Helper()
-	if err := s.cmd.Process.Signal(sig); err != nil {
-		s.t.Fatal(err)
-	}
-}
-
-func (s *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
 
 func newRedisLimiter(t *testing.T, c Config) (*Limiter, *observer.ObservedLogs) {
 	t.Helper()
@@ -170,11 +65,10 @@ func waitRecovered(t *testing.T, l *Limiter, key string) Decision {
 // Two Limiters with one Prefix on one redis, as two Caddy instances would
 // be, share one limit; then redis hangs, dies and comes back.
 func TestRedisSharedLimitAndOutage(t *testing.T) {
-	srv := newRedisServer(t, freePort(t))
-	srv.start()
+	srv := redistest.Start(t)
 
 	const timeout = 200 * time.Millisecond
-	base := Config{Rate: "5-M", Store: srv.url(), Prefix: "site-a", StoreTimeout: timeout}
+	base := Config{Rate: "5-M", Store: srv.URL(), Prefix: "site-a", StoreTimeout: timeout}
 	openCfg, closedCfg := base, base
 	openCfg.OnStoreError = "allow"
 	closedCfg.OnStoreError = "deny"
@@ -203,7 +97,7 @@ func TestRedisSharedLimitAndOutage(t *testing.T) {
 		t.Fatalf("another prefix shares the count: %+v", d)
 	}
 
-	rc := redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.port))})
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	keys, err := rc.Keys(ctx, "*").Result()
 	_ = rc.Close()
 	if err != nil {
@@ -238,17 +132,17 @@ func TestRedisSharedLimitAndOutage(t *testing.T) {
 
 	// Hung: the server accepts but never answers; only the deadline ends
 	// the call.
-	srv.signal(syscall.SIGSTOP)
+	srv.Signal(syscall.SIGSTOP)
 	if _, took := bounded(a); took < timeout/2 {
 		t.Fatalf("a hung redis answered in %v", took)
 	}
 	check("hung")
-	srv.signal(syscall.SIGCONT)
+	srv.Signal(syscall.SIGCONT)
 	waitRecovered(t, a, "client")
 	waitRecovered(t, b, "client")
 
 	// Dead: refused connections.
-	srv.stop()
+	srv.Stop()
 	check("dead")
 	for name, logs := range map[string]*observer.ObservedLogs{"allow": aLogs, "deny": bLogs} {
 		if n := countLogs(logs, failingMsg); n != 2 {
@@ -261,7 +155,7 @@ func TestRedisSharedLimitAndOutage(t *testing.T) {
 
 	// Back on the same port, empty: ulule reloads its scripts and counting
 	// starts afresh.
-	srv.start()
+	srv.Start()
 	if d := waitRecovered(t, a, "client"); !d.Allowed || d.Remaining != 4 {
 		t.Fatalf("after restart: %+v", d)
 	}
@@ -284,8 +178,8 @@ func TestRedisSharedLimitAndOutage(t *testing.T) {
 // password authenticates but never reaches a log line.
 func TestRedisStartsLaterAndPasswordStaysOutOfLogs(t *testing.T) {
 	const secret = "s3cret-pw"
-	srv := newRedisServer(t, freePort(t), "--requirepass", secret)
-	url := fmt.Sprintf("redis://:%s@127.0.0.1:%d/0", secret, srv.port)
+	srv := redistest.New(t, "--requirepass", secret)
+	url := fmt.Sprintf("redis://:%s@%s/0", secret, srv.Addr())
 
 	l, logs := newRedisLimiter(t, Config{Rate: "2-M", Store: url, StoreTimeout: 100 * time.Millisecond})
 	for range 3 {
@@ -297,7 +191,7 @@ func TestRedisStartsLaterAndPasswordStaysOutOfLogs(t *testing.T) {
 		t.Fatalf("%d warnings, want 1", n)
 	}
 
-	srv.start()
+	srv.Start()
 	if d := waitRecovered(t, l, "k"); !d.Allowed || d.Remaining != 1 {
 		t.Fatalf("after redis started: %+v", d)
 	}

@@ -4,7 +4,6 @@ package xvfbtest
 
 import (
 	"bufio"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -12,25 +11,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
-// Skip skips t for reason, or fails it when the environment variable CI is
-// "true": there the tools must be installed.
-func Skip(t testing.TB, reason string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", reason)
-	}
-	t.Skip(reason)
-}
-
-// Need skips (or fails, see Skip) t when a program is not installed.
+// Need skips t when a program is not installed, or fails it under CI=true
+// (see testenv.Need).
 func Need(t testing.TB, programs ...string) {
 	t.Helper()
 	for _, p := range programs {
-		if _, err := exec.LookPath(p); err != nil {
-			Skip(t, fmt.Sprintf("%s is not installed (apt-get install xvfb x11-xserver-utils)", p))
-		}
+		testenv.Program(t, p+" (apt-get install xvfb x11-xserver-utils)", p)
 	}
 }
 
