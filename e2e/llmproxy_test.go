@@ -583,35 +583,66 @@ func TestHandleErrorsRoutes(t *testing.T) {
 	}
 }
 
+// The example as a newcomer runs it: on loopback only, under every loopback
+// name, with the public routes rate limited.
 func TestExampleCaddyfile(t *testing.T) {
 	src, err := os.ReadFile("../Caddyfile.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sim := testenv.FreePort(t)
-	cf := strings.ReplaceAll(string(src), "localhost:8080", "127.0.0.1:{PORT}")
-	cf = strings.ReplaceAll(cf, "localhost:8081", fmt.Sprintf("127.0.0.1:%d", sim))
-	c := startCaddy(t, cf)
-	resp := get(t, c.URL+"/chat?prompt=hello")
-	br := bufio.NewReader(resp.Body)
-	var text strings.Builder
-	var events int
-	for {
-		line, err := readEvent(br)
-		if err != nil {
-			t.Fatalf("stream ended without done: %v (got %q)", err, text.String())
-		}
-		if line == "event: done" {
-			break
-		}
-		var d struct{ Content string }
-		if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &d); err != nil {
-			t.Fatalf("bad event %q", line)
-		}
-		text.WriteString(d.Content)
-		events++
+	// startCaddy writes the one global block: the example's goes into it.
+	globals, rest, ok := strings.Cut(string(src), "\n{\n")
+	body, site, ok2 := strings.Cut(rest, "\n}\n")
+	if !ok || !ok2 || !strings.Contains(body, "default_bind 127.0.0.1 [::1]") {
+		t.Fatalf("the example has no global block binding loopback")
 	}
-	if events < 5 || !strings.Contains(text.String(), "hello") {
-		t.Errorf("%d events: %q", events, text.String())
+	sim := testenv.FreePort(t)
+	cf := globals + "\n" + strings.ReplaceAll(site, ":8080", ":{PORT}")
+	cf = strings.ReplaceAll(cf, "localhost:8081", fmt.Sprintf("localhost:%d", sim))
+	c := startCaddy(t, cf, withGlobals(body))
+
+	// Every listener is on loopback.
+	resp := get(t, "http://"+c.Admin+"/config/apps/http/servers")
+	var servers map[string]struct{ Listen []string }
+	if err := json.NewDecoder(resp.Body).Decode(&servers); err != nil || len(servers) == 0 {
+		t.Fatalf("servers: %v", err)
+	}
+	for name, s := range servers {
+		for _, l := range s.Listen {
+			if !strings.HasPrefix(l, "127.0.0.1:") && !strings.HasPrefix(l, "[::1]:") {
+				t.Errorf("server %s listens on %s, beyond loopback", name, l)
+			}
+		}
+	}
+
+	port := c.URL[strings.LastIndex(c.URL, ":"):]
+	for _, host := range []string{"127.0.0.1", "localhost", "[::1]"} {
+		req, _ := http.NewRequest(http.MethodGet, c.URL+"/chat?prompt=hello", nil)
+		req.Host = host + port
+		resp := do(t, req)
+		if resp.Header.Get("RateLimit-Policy") == "" {
+			t.Errorf("Host %q: /chat has no rate limit", host)
+		}
+		br := bufio.NewReader(resp.Body)
+		var text strings.Builder
+		var events int
+		for {
+			line, err := readEvent(br)
+			if err != nil {
+				t.Fatalf("Host %q: stream ended without done: %v (got %q)", host, err, text.String())
+			}
+			if line == "event: done" {
+				break
+			}
+			var d struct{ Content string }
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &d); err != nil {
+				t.Fatalf("bad event %q", line)
+			}
+			text.WriteString(d.Content)
+			events++
+		}
+		if events < 5 || !strings.Contains(text.String(), "hello") {
+			t.Errorf("Host %q: %d events: %q", host, events, text.String())
+		}
 	}
 }
