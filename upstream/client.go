@@ -352,15 +352,15 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 			}
 			return s.readError(err)
 		}
-		if bytes.Equal(ev.Data, doneData) {
-			s.ended = true
-			return io.EOF
-		}
 		s.arrived()
 		if bytes.Equal(ev.Type, errorType) {
 			c.Err = ErrorEvent(ev.Data)
 			c.Err.Message = s.redact(c.Err.Message)
 			return c.Err
+		}
+		if bytes.Equal(ev.Data, doneData) {
+			s.ended = true
+			return io.EOF
 		}
 		if err := s.parser.Parse(ev.Data, c); err != nil {
 			return err
