@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -52,6 +53,37 @@ func TestErrorEventWithDoneDataFails(t *testing.T) {
 			}
 			if format != "text" && !strings.Contains(body, `"error":{`) {
 				t.Errorf("no error signal in %q", body)
+			}
+		})
+	}
+}
+
+// TestDoneEventStringsAreJSON: the finish reason and model the done event
+// repeats hold control characters; the event is still JSON that gives
+// them back.
+func TestDoneEventStringsAreJSON(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"model":"m\u0001\"","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"st\u0007\u007f\u0000op"}]}`+"\n\ndata: [DONE]\n\n")
+	})
+	c := startCaddy(t, framingConfig(up.URL))
+	for _, format := range []string{"sse", "ndjson"} {
+		t.Run(format, func(t *testing.T) {
+			b, err := io.ReadAll(get(t, c.URL+"/?prompt=x&format="+format).Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+			last := strings.TrimPrefix(lines[len(lines)-1], "data: ")
+			var done struct {
+				FinishReason string `json:"finish_reason"`
+				Model        string `json:"model"`
+			}
+			if err := json.Unmarshal([]byte(last), &done); err != nil {
+				t.Fatalf("done %q is not JSON: %v", last, err)
+			}
+			if done.FinishReason != "st\a\x7f\x00op" || done.Model != "m\x01\"" {
+				t.Errorf("done %q: finish %q model %q", last, done.FinishReason, done.Model)
 			}
 		})
 	}

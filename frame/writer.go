@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"strconv"
 	"sync"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
 )
@@ -322,7 +323,7 @@ func (fw *Writer) appendSummary(b []byte, done bool) []byte {
 	if fw.finish == "" {
 		b = append(b, "null"...)
 	} else {
-		b = strconv.AppendQuote(b, fw.finish) // finish reasons are plain ASCII words
+		b = appendString(b, fw.finish)
 	}
 	b = append(b, `,"usage":`...)
 	if fw.usage == nil {
@@ -331,9 +332,16 @@ func (fw *Writer) appendSummary(b []byte, done bool) []byte {
 		b = append(b, fw.usage...)
 	}
 	b = append(b, `,"model":`...)
-	mb, _ := json.Marshal(fw.model)
-	b = append(b, mb...)
+	b = appendString(b, fw.model)
 	return append(b, '}')
+}
+
+// appendString appends s as a JSON string. The strings come from the
+// upstream and may hold anything: control characters are escaped and
+// invalid UTF-8 is replaced, so that what is written is always JSON.
+func appendString(b []byte, s string) []byte {
+	b, _ = jsontext.AppendQuote(b, s) // the error only reports the replacement
+	return b
 }
 
 // appendData appends one SSE event carrying JSON data. JSON may legally

@@ -306,3 +306,65 @@ func TestTextContentParts(t *testing.T) {
 		}
 	}
 }
+
+// TestDoneStringsAreJSON: the done event carries the upstream's finish
+// reason and model; whatever bytes they hold (control characters, DEL,
+// quotes, invalid UTF-8), the event's data is JSON that gives them back.
+func TestDoneStringsAreJSON(t *testing.T) {
+	finish, model := "st\a\x7f\x00op\"\\\n", "m\x01</script>\u2028"
+	for _, f := range []Format{SSE, NDJSON} {
+		rec := &recorder{}
+		fw := NewWriter(rec, rec.Flush, f)
+		c := chunk.Chunk{Content: raw(`"x"`), HasChoices: true, FinishReason: finish, Model: model}
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Done(); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(rec.String(), "\n"), "\n")
+		last := strings.TrimPrefix(lines[len(lines)-1], "data: ")
+		if f == SSE {
+			last = strings.TrimPrefix(lines[len(lines)-2], "data: ")
+		}
+		var done struct {
+			FinishReason string `json:"finish_reason"`
+			Model        string `json:"model"`
+		}
+		if err := json.Unmarshal([]byte(last), &done); err != nil {
+			t.Fatalf("%s: done event %q is not JSON: %v", f, last, err)
+		}
+		if done.FinishReason != finish || done.Model != model {
+			t.Errorf("%s: done event %q gives finish %q model %q", f, last, done.FinishReason, done.Model)
+		}
+	}
+	// Invalid UTF-8 cannot be given back, but the event stays JSON.
+	rec := &recorder{}
+	fw := NewWriter(rec, rec.Flush, NDJSON)
+	fw.Chunk(&chunk.Chunk{HasChoices: true, FinishReason: "\xff\xfe", Model: "\xc3"})
+	fw.Done()
+	if line := strings.TrimSuffix(rec.String(), "\n"); !json.Valid([]byte(line)) {
+		t.Errorf("done line %q is not JSON", line)
+	}
+}
+
+// TestFailStringsAreJSON: the error signal's message, type and code come
+// from the upstream too.
+func TestFailStringsAreJSON(t *testing.T) {
+	e := &chunk.Error{Message: "bad\a\x00\x7f\xff\n\"", Type: "t\x01\n", Code: raw("{\n\"a\":\r\n1}")}
+	for _, f := range []Format{OpenAI, SSE, NDJSON} {
+		rec := &recorder{}
+		if err := NewWriter(rec, rec.Flush, f).Fail(e); err != nil {
+			t.Fatal(err)
+		}
+		out := strings.TrimSuffix(rec.String(), "\n")
+		if f != NDJSON {
+			out = strings.TrimSuffix(out, "\n")
+		}
+		lines := strings.Split(out, "\n")
+		data := strings.TrimPrefix(lines[len(lines)-1], "data: ")
+		if len(lines) != map[Format]int{OpenAI: 1, SSE: 2, NDJSON: 1}[f] || !json.Valid([]byte(data)) {
+			t.Errorf("%s: error signal %q is not one line of JSON", f, rec.String())
+		}
+	}
+}
