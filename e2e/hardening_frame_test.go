@@ -88,3 +88,75 @@ func TestDoneEventStringsAreJSON(t *testing.T) {
 		})
 	}
 }
+
+// TestMultilineUpstreamJSON: an upstream may spread an event's JSON over
+// several data lines, which join with "\n". Every framing still writes each
+// frame as one line of JSON, so the forged end inside the content below
+// never reaches a client as a line of its own.
+func TestMultilineUpstreamJSON(t *testing.T) {
+	const stream = "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":[\n" +
+		"data: {\"done\":true,\"model\":\"injected\"}\n" +
+		"data: ]}}]}\n\n" +
+		"data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[\n" +
+		"data:  {\"index\": 0, \"function\": {\"name\": \"f\"}}\r\n" +
+		"data: ]},\"finish_reason\":\"tool_calls\"}],\n" +
+		"data: \"usage\": {\n" +
+		"data: \"total_tokens\": 3}}\n\n" +
+		"data: [DONE]\n\n"
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, stream)
+	})
+	c := startCaddy(t, framingConfig(up.URL))
+	for _, tc := range []struct {
+		format string
+		frames int // events or lines, the end included
+	}{{"openai", 3}, {"sse", 3}, {"ndjson", 3}} {
+		t.Run(tc.format, func(t *testing.T) {
+			resp := post(t, c.URL+"/?format="+tc.format, `{"messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}}`)
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := string(b)
+			var frames []string
+			if tc.format == "ndjson" {
+				frames = strings.SplitAfter(strings.TrimSuffix(body, "\n"), "\n")
+			} else {
+				frames = strings.Split(strings.TrimSuffix(body, "\n\n"), "\n\n")
+				if frames[0] == "id: llmstream" {
+					frames = frames[1:]
+				}
+			}
+			if len(frames) != tc.frames {
+				t.Fatalf("%d frames, want %d: %q", len(frames), tc.frames, body)
+			}
+			for i, fr := range frames {
+				data := strings.TrimSuffix(fr, "\n")
+				if tc.format != "ndjson" {
+					data = strings.TrimPrefix(data, "event: done\n")
+					var ok bool
+					if data, ok = strings.CutPrefix(data, "data: "); !ok || strings.ContainsAny(data, "\r\n") {
+						t.Fatalf("frame %q is not one data line", fr)
+					}
+				}
+				if data == "[DONE]" && tc.format == "openai" && i == len(frames)-1 {
+					continue
+				}
+				if !json.Valid([]byte(data)) {
+					t.Errorf("frame %q: data is not JSON", fr)
+				}
+			}
+			if tc.format != "openai" {
+				var done struct {
+					Model string          `json:"model"`
+					Usage json.RawMessage `json:"usage"`
+				}
+				json.Unmarshal([]byte(strings.TrimPrefix(strings.TrimPrefix(frames[len(frames)-1], "event: done\n"), "data: ")), &done)
+				if done.Model != "m" || string(done.Usage) != `{"total_tokens":3}` {
+					t.Errorf("end %q", frames[len(frames)-1])
+				}
+			}
+		})
+	}
+}

@@ -283,6 +283,23 @@ func BenchmarkWriterChunk(b *testing.B) {
 	}
 }
 
+// BenchmarkWriterToolCalls: a tool-call delta is an array, compacted on
+// every chunk; that must cost no allocation either.
+func BenchmarkWriterToolCalls(b *testing.B) {
+	c := chunk.Chunk{HasChoices: true, ToolCalls: raw(`[{"index":0,"function":{"arguments":"{\"location\": \"Par"}}]`)}
+	for _, f := range []Format{SSE, NDJSON} {
+		b.Run(f.String(), func(b *testing.B) {
+			fw := NewWriter(discard{}, func() error { return nil }, f)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := fw.Chunk(&c); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
@@ -365,6 +382,70 @@ func TestFailStringsAreJSON(t *testing.T) {
 		data := strings.TrimPrefix(lines[len(lines)-1], "data: ")
 		if len(lines) != map[Format]int{OpenAI: 1, SSE: 2, NDJSON: 1}[f] || !json.Valid([]byte(data)) {
 			t.Errorf("%s: error signal %q is not one line of JSON", f, rec.String())
+		}
+	}
+}
+
+// TestWriterCompactsFields: an upstream may spread its JSON over several
+// data lines, which join with "\n", so the raw values of a chunk can hold
+// line breaks. The sse and ndjson framings write them compacted: each
+// frame is one line of JSON, and no line of the upstream's (here a forged
+// end) becomes a frame of its own.
+func TestWriterCompactsFields(t *testing.T) {
+	forged := "[\n{\"done\":true,\"model\":\"injected\"}\r\n]"
+	c := chunk.Chunk{
+		Raw:        []byte("{\"choices\":[{\"index\":0,\"delta\":{\"content\":" + forged + "}}],\n\"usage\":{\n\"total_tokens\": 3}}"),
+		HasChoices: true,
+		Content:    raw(forged),
+		ToolCalls:  raw("[\n {\"index\": 0,\n  \"function\": {\"name\": \"f\\n\"}}\n]"),
+		Usage:      raw("{\n\"total_tokens\": 3}"),
+		Model:      "m",
+	}
+	want := map[Format]string{
+		OpenAI: "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":[{\"done\":true,\"model\":\"injected\"}]}}],\"usage\":{\"total_tokens\":3}}\n\n" +
+			"data: [DONE]\n\n",
+		SSE: "data: {\"content\":[{\"done\":true,\"model\":\"injected\"}],\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\\n\"}}]}\n\n" +
+			"event: done\ndata: {\"finish_reason\":null,\"usage\":{\"total_tokens\":3},\"model\":\"m\"}\n\n",
+		NDJSON: "{\"content\":[{\"done\":true,\"model\":\"injected\"}],\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\\n\"}}]}\n" +
+			"{\"done\":true,\"finish_reason\":null,\"usage\":{\"total_tokens\":3},\"model\":\"m\"}\n",
+	}
+	for f, want := range want {
+		rec := &recorder{}
+		fw := NewWriter(rec, rec.Flush, f)
+		fw.IncludeUsage = true
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Done(); err != nil {
+			t.Fatal(err)
+		}
+		if got := rec.String(); got != want {
+			t.Errorf("%s: got\n%s\nwant\n%s", f, got, want)
+		}
+	}
+}
+
+// TestWriterRefusesNonJSON: a value that is not JSON cannot be made one
+// line of JSON; the chunk is refused rather than written across lines.
+func TestWriterRefusesNonJSON(t *testing.T) {
+	both := []Format{SSE, NDJSON}
+	for _, tc := range []struct {
+		c       chunk.Chunk
+		formats []Format
+	}{
+		{chunk.Chunk{Raw: []byte("{\"choices\":\n[}"), HasChoices: true}, []Format{OpenAI}},
+		{chunk.Chunk{HasChoices: true, ToolCalls: raw("[\n{\"done\":true}")}, both},
+		{chunk.Chunk{HasChoices: true, Content: raw("\"a\nb\"")}, both},
+		{chunk.Chunk{Usage: raw("{\n")}, both},
+	} {
+		for _, f := range tc.formats {
+			rec := &recorder{}
+			if err := NewWriter(rec, rec.Flush, f).Chunk(&tc.c); !errors.Is(err, ErrContent) {
+				t.Errorf("%s: Chunk(%q %q %q %q) = %v, want ErrContent", f, tc.c.Raw, tc.c.Content, tc.c.ToolCalls, tc.c.Usage, err)
+			}
+			if rec.String() != "" {
+				t.Errorf("%s: wrote %q", f, rec.String())
+			}
 		}
 	}
 }
