@@ -160,3 +160,28 @@ func TestMultilineUpstreamJSON(t *testing.T) {
 		})
 	}
 }
+
+// TestBadMessageRefused: a messages element that is no object with a string
+// role (here an array nested 5,000 deep) is refused with a 400 that names
+// it, and never reaches the upstream.
+func TestBadMessageRefused(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: "+chunkJSON("hi")+"\n\ndata: "+finishJSON+"\n\ndata: [DONE]\n\n")
+	})
+	c := startCaddy(t, framingConfig(up.URL))
+	deep := strings.Repeat("[", 5000) + strings.Repeat("]", 5000)
+	for _, msg := range []string{deep, `{"content":"no role"}`, `{"role":7}`, `"hi"`} {
+		resp := post(t, c.URL+"/", `{"messages":[{"role":"user","content":"hi"},`+msg+`],"stream":true}`)
+		b, _ := io.ReadAll(resp.Body)
+		var e struct {
+			Error struct{ Message, Type string }
+		}
+		if resp.StatusCode != http.StatusBadRequest || json.Unmarshal(b, &e) != nil || e.Error.Type != "invalid_request_error" || !strings.Contains(e.Error.Message, "messages[1]") {
+			t.Errorf("message %.20s: status %d body %.200s", msg, resp.StatusCode, b)
+		}
+	}
+	if n := up.calls.Load(); n != 0 {
+		t.Errorf("the upstream was called %d times", n)
+	}
+}
