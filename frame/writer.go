@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"strconv"
 	"sync"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
 )
@@ -58,12 +59,14 @@ type Writer struct {
 	SetDeadline  func(time.Time) error
 
 	buf     []byte
+	compact bytes.Buffer // a value being compacted, see appendJSON
 	started bool
 
 	// What the done event reports, gathered from the chunks.
-	finish string
-	usage  []byte
-	model  string
+	finish   string
+	usage    []byte // compacted into usageBuf
+	usageBuf bytes.Buffer
+	model    string
 	// Wrote tells whether any content, reasoning or tool call has reached
 	// the client.
 	wrote bool
@@ -123,7 +126,11 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 		fw.finish = c.FinishReason
 	}
 	if c.Usage != nil {
-		fw.usage = append(fw.usage[:0], c.Usage...)
+		fw.usageBuf.Reset()
+		if json.Compact(&fw.usageBuf, c.Usage) != nil {
+			return ErrContent
+		}
+		fw.usage = fw.usageBuf.Bytes()
 	}
 	if c.Model != "" && c.Model != fw.model {
 		fw.model = c.Model
@@ -136,12 +143,13 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 	}
 
 	b := fw.buf[:0]
+	var err error
 	switch fw.f {
 	case OpenAI:
 		if !c.HasChoices && c.Usage != nil && !fw.IncludeUsage {
 			return nil
 		}
-		b = appendData(b, c.Raw)
+		b, err = fw.appendData(b, c.Raw)
 	case SSE, NDJSON:
 		if !c.HasDelta() {
 			return nil
@@ -150,9 +158,15 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 			b = append(b, "data: "...)
 		}
 		b = append(b, '{')
-		b = appendField(b, "content", c.Content)
-		b = appendField(b, "reasoning", c.Reasoning)
-		b = appendField(b, "tool_calls", c.ToolCalls)
+		if b, err = fw.appendField(b, "content", c.Content); err != nil {
+			break
+		}
+		if b, err = fw.appendField(b, "reasoning", c.Reasoning); err != nil {
+			break
+		}
+		if b, err = fw.appendField(b, "tool_calls", c.ToolCalls); err != nil {
+			break
+		}
 		b = append(b, '}')
 		if fw.f == SSE {
 			b = append(b, "\n\n"...)
@@ -163,12 +177,12 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 		if c.Content == nil {
 			return nil
 		}
-		var err error
-		if b, err = appendUnquoted(b, c.Content); err != nil {
-			return err
-		}
+		b, err = appendUnquoted(b, c.Content)
 	}
 	fw.buf = b
+	if err != nil {
+		return err
+	}
 	return fw.send(b)
 }
 
@@ -211,7 +225,7 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	b := fw.buf[:0]
 	switch fw.f {
 	case OpenAI:
-		b = appendData(b, e.MarshalBody())
+		b, _ = fw.appendData(b, e.MarshalBody()) // json.Marshal's output is compact
 	case SSE:
 		b = append(b, "event: error\ndata: "...)
 		b = append(b, e.MarshalBody()...)
@@ -322,7 +336,7 @@ func (fw *Writer) appendSummary(b []byte, done bool) []byte {
 	if fw.finish == "" {
 		b = append(b, "null"...)
 	} else {
-		b = strconv.AppendQuote(b, fw.finish) // finish reasons are plain ASCII words
+		b = appendString(b, fw.finish)
 	}
 	b = append(b, `,"usage":`...)
 	if fw.usage == nil {
@@ -331,36 +345,40 @@ func (fw *Writer) appendSummary(b []byte, done bool) []byte {
 		b = append(b, fw.usage...)
 	}
 	b = append(b, `,"model":`...)
-	mb, _ := json.Marshal(fw.model)
-	b = append(b, mb...)
+	b = appendString(b, fw.model)
 	return append(b, '}')
 }
 
-// appendData appends one SSE event carrying JSON data. JSON may legally
-// contain raw line breaks between tokens; those would split the event, so
-// such data is compacted first.
-func appendData(b, data []byte) []byte {
+// appendString appends s as a JSON string. The strings come from the
+// upstream and may hold anything: control characters are escaped and
+// invalid UTF-8 is replaced, so that what is written is always JSON.
+func appendString(b []byte, s string) []byte {
+	b, _ = jsontext.AppendQuote(b, s) // the error only reports the replacement
+	return b
+}
+
+// appendData appends one SSE event carrying the JSON data. JSON may hold
+// line breaks between tokens (an upstream's data lines join with "\n"), which
+// would end the data line early and let the data write lines of its own, so
+// such data is compacted; data that cannot be is refused.
+func (fw *Writer) appendData(b, data []byte) ([]byte, error) {
 	b = append(b, "data: "...)
 	if bytes.IndexByte(data, '\n') >= 0 || bytes.IndexByte(data, '\r') >= 0 { // faster than ContainsAny
-		var cb bytes.Buffer
-		if json.Compact(&cb, data) == nil {
-			data = cb.Bytes()
-		} else {
-			// Not JSON: send each line as its own data line, which SSE
-			// clients join back with "\n".
-			data = bytes.ReplaceAll(bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
-			data = bytes.ReplaceAll(data, []byte("\n"), []byte("\ndata: "))
+		fw.compact.Reset()
+		if json.Compact(&fw.compact, data) != nil {
+			return b, ErrContent
 		}
+		data = fw.compact.Bytes()
 	}
 	b = append(b, data...)
-	return append(b, "\n\n"...)
+	return append(b, "\n\n"...), nil
 }
 
 // appendField appends "name":value to a JSON object being built, with a
 // comma if the object already has a field.
-func appendField(b []byte, name string, value json.RawMessage) []byte {
+func (fw *Writer) appendField(b []byte, name string, value json.RawMessage) ([]byte, error) {
 	if value == nil {
-		return b
+		return b, nil
 	}
 	if b[len(b)-1] != '{' {
 		b = append(b, ',')
@@ -368,12 +386,33 @@ func appendField(b []byte, name string, value json.RawMessage) []byte {
 	b = append(b, '"')
 	b = append(b, name...)
 	b = append(b, `":`...)
-	return append(b, value...)
+	return fw.appendJSON(b, value)
 }
 
-// ErrContent is returned by Chunk in the text framing for content that is
-// neither a string nor an array of text parts.
-var ErrContent = errors.New("upstream content is neither a string nor text parts")
+// appendJSON appends the raw JSON value v compacted. The upstream's values
+// may hold line breaks between tokens (its data lines join with "\n"), and
+// copied as they are they would end a data line or an ndjson line early
+// and let the upstream write lines of its own. The values are JSON, as the
+// chunk parser checked; their layout is what is not trusted. A value with
+// no space character at all is compact already, and so is a string token
+// (what most values are) unless it holds a line break, which no valid one
+// does; those are copied as they are.
+func (fw *Writer) appendJSON(b, v []byte) ([]byte, error) {
+	if len(v) > 0 && v[0] == '"' && bytes.IndexByte(v, '\n') < 0 && bytes.IndexByte(v, '\r') < 0 ||
+		!bytes.ContainsAny(v, " \t\r\n") {
+		return append(b, v...), nil
+	}
+	fw.compact.Reset()
+	if json.Compact(&fw.compact, v) != nil {
+		return b, ErrContent
+	}
+	return append(b, fw.compact.Bytes()...), nil
+}
+
+// ErrContent is returned by Chunk for a chunk the framing cannot carry:
+// in the text framing, content that is neither a string nor an array of
+// text parts; in the others, a value that is not JSON.
+var ErrContent = errors.New("upstream chunk holds content this framing cannot carry")
 
 // appendUnquoted appends the text of content: a JSON string, or an array of
 // parts ([{"type":"text","text":"..."}], as some providers send it).

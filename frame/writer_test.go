@@ -283,6 +283,23 @@ func BenchmarkWriterChunk(b *testing.B) {
 	}
 }
 
+// BenchmarkWriterToolCalls: a tool-call delta is an array, compacted on
+// every chunk; that must cost no allocation either.
+func BenchmarkWriterToolCalls(b *testing.B) {
+	c := chunk.Chunk{HasChoices: true, ToolCalls: raw(`[{"index":0,"function":{"arguments":"{\"location\": \"Par"}}]`)}
+	for _, f := range []Format{SSE, NDJSON} {
+		b.Run(f.String(), func(b *testing.B) {
+			fw := NewWriter(discard{}, func() error { return nil }, f)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := fw.Chunk(&c); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
@@ -303,6 +320,132 @@ func TestTextContentParts(t *testing.T) {
 	for _, bad := range []string{`5`, `{"text":"x"}`, `[1]`} {
 		if err := fw.Chunk(&chunk.Chunk{Content: []byte(bad)}); !errors.Is(err, ErrContent) {
 			t.Errorf("content %s: err %v, want ErrContent", bad, err)
+		}
+	}
+}
+
+// TestDoneStringsAreJSON: the done event carries the upstream's finish
+// reason and model; whatever bytes they hold (control characters, DEL,
+// quotes, invalid UTF-8), the event's data is JSON that gives them back.
+func TestDoneStringsAreJSON(t *testing.T) {
+	finish, model := "st\a\x7f\x00op\"\\\n", "m\x01</script>\u2028"
+	for _, f := range []Format{SSE, NDJSON} {
+		rec := &recorder{}
+		fw := NewWriter(rec, rec.Flush, f)
+		c := chunk.Chunk{Content: raw(`"x"`), HasChoices: true, FinishReason: finish, Model: model}
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Done(); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(rec.String(), "\n"), "\n")
+		last := strings.TrimPrefix(lines[len(lines)-1], "data: ")
+		if f == SSE {
+			last = strings.TrimPrefix(lines[len(lines)-2], "data: ")
+		}
+		var done struct {
+			FinishReason string `json:"finish_reason"`
+			Model        string `json:"model"`
+		}
+		if err := json.Unmarshal([]byte(last), &done); err != nil {
+			t.Fatalf("%s: done event %q is not JSON: %v", f, last, err)
+		}
+		if done.FinishReason != finish || done.Model != model {
+			t.Errorf("%s: done event %q gives finish %q model %q", f, last, done.FinishReason, done.Model)
+		}
+	}
+	// Invalid UTF-8 cannot be given back, but the event stays JSON.
+	rec := &recorder{}
+	fw := NewWriter(rec, rec.Flush, NDJSON)
+	fw.Chunk(&chunk.Chunk{HasChoices: true, FinishReason: "\xff\xfe", Model: "\xc3"})
+	fw.Done()
+	if line := strings.TrimSuffix(rec.String(), "\n"); !json.Valid([]byte(line)) {
+		t.Errorf("done line %q is not JSON", line)
+	}
+}
+
+// TestFailStringsAreJSON: the error signal's message, type and code come
+// from the upstream too.
+func TestFailStringsAreJSON(t *testing.T) {
+	e := &chunk.Error{Message: "bad\a\x00\x7f\xff\n\"", Type: "t\x01\n", Code: raw("{\n\"a\":\r\n1}")}
+	for _, f := range []Format{OpenAI, SSE, NDJSON} {
+		rec := &recorder{}
+		if err := NewWriter(rec, rec.Flush, f).Fail(e); err != nil {
+			t.Fatal(err)
+		}
+		out := strings.TrimSuffix(rec.String(), "\n")
+		if f != NDJSON {
+			out = strings.TrimSuffix(out, "\n")
+		}
+		lines := strings.Split(out, "\n")
+		data := strings.TrimPrefix(lines[len(lines)-1], "data: ")
+		if len(lines) != map[Format]int{OpenAI: 1, SSE: 2, NDJSON: 1}[f] || !json.Valid([]byte(data)) {
+			t.Errorf("%s: error signal %q is not one line of JSON", f, rec.String())
+		}
+	}
+}
+
+// TestWriterCompactsFields: an upstream may spread its JSON over several
+// data lines, which join with "\n", so the raw values of a chunk can hold
+// line breaks. The sse and ndjson framings write them compacted: each
+// frame is one line of JSON, and no line of the upstream's (here a forged
+// end) becomes a frame of its own.
+func TestWriterCompactsFields(t *testing.T) {
+	forged := "[\n{\"done\":true,\"model\":\"injected\"}\r\n]"
+	c := chunk.Chunk{
+		Raw:        []byte("{\"choices\":[{\"index\":0,\"delta\":{\"content\":" + forged + "}}],\n\"usage\":{\n\"total_tokens\": 3}}"),
+		HasChoices: true,
+		Content:    raw(forged),
+		ToolCalls:  raw("[\n {\"index\": 0,\n  \"function\": {\"name\": \"f\\n\"}}\n]"),
+		Usage:      raw("{\n\"total_tokens\": 3}"),
+		Model:      "m",
+	}
+	want := map[Format]string{
+		OpenAI: "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":[{\"done\":true,\"model\":\"injected\"}]}}],\"usage\":{\"total_tokens\":3}}\n\n" +
+			"data: [DONE]\n\n",
+		SSE: "data: {\"content\":[{\"done\":true,\"model\":\"injected\"}],\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\\n\"}}]}\n\n" +
+			"event: done\ndata: {\"finish_reason\":null,\"usage\":{\"total_tokens\":3},\"model\":\"m\"}\n\n",
+		NDJSON: "{\"content\":[{\"done\":true,\"model\":\"injected\"}],\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\\n\"}}]}\n" +
+			"{\"done\":true,\"finish_reason\":null,\"usage\":{\"total_tokens\":3},\"model\":\"m\"}\n",
+	}
+	for f, want := range want {
+		rec := &recorder{}
+		fw := NewWriter(rec, rec.Flush, f)
+		fw.IncludeUsage = true
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Done(); err != nil {
+			t.Fatal(err)
+		}
+		if got := rec.String(); got != want {
+			t.Errorf("%s: got\n%s\nwant\n%s", f, got, want)
+		}
+	}
+}
+
+// TestWriterRefusesNonJSON: a value that is not JSON cannot be made one
+// line of JSON; the chunk is refused rather than written across lines.
+func TestWriterRefusesNonJSON(t *testing.T) {
+	both := []Format{SSE, NDJSON}
+	for _, tc := range []struct {
+		c       chunk.Chunk
+		formats []Format
+	}{
+		{chunk.Chunk{Raw: []byte("{\"choices\":\n[}"), HasChoices: true}, []Format{OpenAI}},
+		{chunk.Chunk{HasChoices: true, ToolCalls: raw("[\n{\"done\":true}")}, both},
+		{chunk.Chunk{HasChoices: true, Content: raw("\"a\nb\"")}, both},
+		{chunk.Chunk{Usage: raw("{\n")}, both},
+	} {
+		for _, f := range tc.formats {
+			rec := &recorder{}
+			if err := NewWriter(rec, rec.Flush, f).Chunk(&tc.c); !errors.Is(err, ErrContent) {
+				t.Errorf("%s: Chunk(%q %q %q %q) = %v, want ErrContent", f, tc.c.Raw, tc.c.Content, tc.c.ToolCalls, tc.c.Usage, err)
+			}
+			if rec.String() != "" {
+				t.Errorf("%s: wrote %q", f, rec.String())
+			}
 		}
 	}
 }

@@ -63,6 +63,11 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 		if json.Unmarshal(msgs, &list) != nil || len(list) == 0 {
 			return nil, badRequest("messages must be a non-empty array")
 		}
+		for i, m := range list {
+			if !isMessage(m) {
+				return nil, badRequest("messages[%d] must be an object with a string role", i)
+			}
+		}
 		delete(fields, "prompt")
 	} else if p, ok := fields["prompt"]; ok {
 		var prompt string
@@ -115,6 +120,22 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 	}
 	req.Body, req.fields = b, fields
 	return req, nil
+}
+
+// isMessage tells whether m is an object with a string "role". Anything
+// else (a number, a deeply nested array) is no chat message, and is refused
+// here rather than sent to the upstream, whose parser would be the one to
+// deal with it.
+func isMessage(m json.RawMessage) bool {
+	if len(m) == 0 || m[0] != '{' {
+		return false
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(m, &fields) != nil {
+		return false
+	}
+	role := fields["role"]
+	return len(role) > 0 && role[0] == '"'
 }
 
 // FromPrompt builds a streamed request of one user message.

@@ -15,7 +15,7 @@ func FuzzFromJSON(f *testing.F) {
 	for _, s := range []string{
 		`{"messages":[{"role":"user","content":"hi"}]}`,
 		`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}`,
-		`{"prompt":"hi"}`, `{"messages":[]}`, `{"stream_options":null,"messages":[1]}`, `[]`, `{`, `null`,
+		`{"prompt":"hi"}`, `{"messages":[]}`, `{"stream_options":null,"messages":[1]}`, `{"messages":[{"role":"user"},[[]]]}`, `[]`, `{`, `null`,
 		`{"messages":[{}],"tools":[{"type":"function"}],"temperature":1e308}`,
 	} {
 		f.Add([]byte(s), true)
@@ -37,6 +37,14 @@ func FuzzFromJSON(f *testing.F) {
 		var msgs []json.RawMessage
 		if json.Unmarshal(m["messages"], &msgs) != nil || len(msgs) == 0 {
 			t.Fatalf("no messages in %s", req.Body)
+		}
+		for _, msg := range msgs {
+			var fields struct {
+				Role *string `json:"role"`
+			}
+			if json.Unmarshal(msg, &fields) != nil || fields.Role == nil {
+				t.Fatalf("message %s has no string role", msg)
+			}
 		}
 		if force && (!req.Stream || string(m["stream"]) != "true") {
 			t.Fatalf("stream not forced: %s", req.Body)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
@@ -168,3 +169,31 @@ func TestParseChunk(t *testing.T) {
 }
 
 func raw(s string) json.RawMessage { return json.RawMessage(s) }
+
+// TestFromJSONRejectsBadMessages: a message that is not an object with a
+// string role is refused before any upstream call, with its index, however
+// deep it nests.
+func TestFromJSONRejectsBadMessages(t *testing.T) {
+	deep := strings.Repeat("[", 5000) + strings.Repeat("]", 5000)
+	for msg, bad := range map[string]string{
+		deep:                       "messages[1]",
+		`1`:                        "messages[1]",
+		`"hi"`:                     "messages[1]",
+		`null`:                     "messages[1]",
+		`{"content":"x"}`:          "messages[1]",
+		`{"role":3,"content":"x"}`: "messages[1]",
+		`{"role":null}`:            "messages[1]",
+		`{"role":["user"]}`:        "messages[1]",
+		`{"Role":"user"}`:          "messages[1]",
+	} {
+		body := `{"messages":[{"role":"user","content":"hi"},` + msg + `]}`
+		_, err := FromJSON([]byte(body), true, "m")
+		var e *chunk.Error
+		if !errors.As(err, &e) || e.Status != http.StatusBadRequest || e.Type != chunk.TypeInvalidRequest || !strings.Contains(e.Message, bad) {
+			t.Errorf("message %.40s: FromJSON = %v, want a 400 invalid_request_error naming %s", msg, err, bad)
+		}
+	}
+	if _, err := FromJSON([]byte(`{"messages":[ {"role":"system","content":"s"} ,`+"\n\t"+`{"content":[{"type":"text","text":"x"}],"role":"user"}]}`), true, ""); err != nil {
+		t.Errorf("good messages refused: %v", err)
+	}
+}

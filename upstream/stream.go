@@ -125,15 +125,15 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 			}
 			return s.readError(err)
 		}
-		if bytes.Equal(ev.Data, doneData) {
-			s.ended = true
-			return io.EOF
-		}
 		s.arrived()
 		data := s.red.bytes(ev.Data) // every field may quote a secret
 		if bytes.Equal(ev.Type, errorType) {
-			c.Err = ErrorEvent(data)
+			c.Err = ErrorEvent(data) // a failure, whatever its data says
 			return c.Err
+		}
+		if bytes.Equal(ev.Data, doneData) {
+			s.ended = true
+			return io.EOF
 		}
 		if err := s.parser.Parse(data, c); err != nil {
 			return err
