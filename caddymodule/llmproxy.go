@@ -318,6 +318,8 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 	defer func() { st.Close() }()
 	if !req.Stream {
 		run.Answered()
+		st.Commit()
+		req.Release()
 		return h.relayWhole(w, r, st, rec)
 	}
 
@@ -350,7 +352,13 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 				err = fw.Chunk(&held)
 			}
 			if err == nil {
-				sent = true
+				if !sent {
+					// Committed to this upstream: no copy of the
+					// request is kept for another.
+					sent = true
+					st.Commit()
+					req.Release()
+				}
 				err = fw.Chunk(&c)
 			}
 			if err == nil {

@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,11 +55,17 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 		s.mu.Unlock()
 	}
 
-	hr, err := c.newRequest(ctx, http.MethodPost, "chat/completions", bytes.NewReader(req.Body))
+	s.reqBody = &requestBody{b: req.Body}
+	reqBody, err := s.reqBody.open()
+	var hr *http.Request
+	if err == nil {
+		hr, err = c.newRequest(ctx, http.MethodPost, "chat/completions", reqBody)
+	}
 	if err != nil {
 		s.Close()
 		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeServer, Message: "building upstream request failed"}
 	}
+	hr.ContentLength, hr.GetBody = int64(len(req.Body)), s.reqBody.open
 	hr.Header.Set("Content-Type", "application/json")
 	if req.Stream {
 		hr.Header.Set("Accept", "text/event-stream")

@@ -20,22 +20,25 @@ type Request struct {
 	IncludeUsage bool
 	// Model is the model the request names ("" if none).
 	Model string
-
-	fields map[string]json.RawMessage
 }
 
 // WithModel returns a copy of r that names another model (an upstream's
-// rename of it).
+// rename of it). It decodes the body again rather than keeping a second
+// copy of it decoded for the rare upstream that renames.
 func (r *Request) WithModel(model string) *Request {
-	fields := make(map[string]json.RawMessage, len(r.fields)+1)
-	for k, v := range r.fields {
-		fields[k] = v
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(r.Body, &fields) != nil {
+		return r // cannot happen: Body is JSON this package wrote
 	}
 	fields["model"] = mustJSON(model)
 	c := *r
-	c.fields, c.Model, c.Body = fields, model, mustJSON(fields)
+	c.Model, c.Body = model, mustJSON(fields)
 	return &c
 }
+
+// Release lets go of the body once no other upstream may be asked: a
+// stream committed to one upstream keeps no copy of its request.
+func (r *Request) Release() { r.Body = nil }
 
 // badRequest is the error for input that must never reach the upstream.
 func badRequest(format string, args ...any) *chunk.Error {
@@ -118,7 +121,7 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 	if err != nil {
 		return nil, badRequest("request body: %v", err)
 	}
-	req.Body, req.fields = b, fields
+	req.Body = b
 	return req, nil
 }
 
@@ -151,7 +154,7 @@ func FromPrompt(prompt, model string) (*Request, error) {
 	if model != "" {
 		fields["model"] = mustJSON(model)
 	}
-	return &Request{Body: mustJSON(fields), Stream: true, Model: model, fields: fields}, nil
+	return &Request{Body: mustJSON(fields), Stream: true, Model: model}, nil
 }
 
 func userMessage(prompt string) json.RawMessage {

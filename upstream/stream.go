@@ -35,6 +35,7 @@ type Stream struct {
 	red     redactor // removes the server's secrets from what the upstream sends
 	// closeBody releases the decoder of a compressed body.
 	closeBody func()
+	reqBody   *requestBody
 
 	mu       sync.Mutex
 	watch    *time.Timer // first-chunk, then idle timer
@@ -50,6 +51,10 @@ type Stream struct {
 
 // Header is the upstream response's header.
 func (s *Stream) Header() http.Header { return s.resp.Header }
+
+// Commit tells the stream that no other upstream will be asked: it lets go
+// of the request's body, which the transport could otherwise read again.
+func (s *Stream) Commit() { s.reqBody.release() }
 
 // Whole is the body of an answer to a request that did not stream, or of
 // an upstream that ignored "stream" and sent one JSON body: read ahead, and
