@@ -8,12 +8,10 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -74,134 +72,6 @@ type RateLimit struct {
 
 // clientIPPlaceholder is what the Caddyfile makes of {client_ip}.
 const clientIPPlaceholder = "{http.vars." + caddyhttp.ClientIPVarKey + "}"
-
-// parseRateLimit reads the rate_limit subdirective, the dispenser being on
-// its name. Syntax:
-//
-//	rate_limit <rate> {
-//		key <placeholder>
-//		store memory|redis <url>
-//		ipv4_prefix <bits>
-//		ipv6_prefix <bits>
-//		max_concurrent <n>
-//		on_store_error allow|deny
-//		zone <name>
-//	}
-//
-// The block is optional.
-func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
-	rl := new(RateLimit)
-	if err := oneArg(d, &rl.Rate); err != nil {
-		return nil, err
-	}
-	if err := (ratelimit.Config{Rate: rl.Rate}).Validate(); err != nil {
-		return nil, d.Errf("rate_limit: %v", err)
-	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if seen[name] {
-			return nil, d.Errf("duplicate rate_limit setting %q", name)
-		}
-		seen[name] = true
-		switch name {
-		case "key":
-			if err := nonEmptyArg(d, &rl.Key); err != nil {
-				return nil, err
-			}
-		case "store":
-			if err := rl.parseStore(d); err != nil {
-				return nil, err
-			}
-		case "ipv4_prefix":
-			n, err := bitsArg(d, 32)
-			if err != nil {
-				return nil, err
-			}
-			rl.IPv4Prefix = n
-		case "ipv6_prefix":
-			n, err := bitsArg(d, 128)
-			if err != nil {
-				return nil, err
-			}
-			rl.IPv6Prefix = n
-		case "max_concurrent":
-			n, err := intArg(d, 1)
-			if err != nil {
-				return nil, err
-			}
-			rl.MaxConcurrent = n
-		case "on_store_error":
-			if err := oneArg(d, &rl.OnStoreError); err != nil {
-				return nil, err
-			}
-			if rl.OnStoreError != "allow" && rl.OnStoreError != "deny" {
-				return nil, d.Errf("bad on_store_error %q: want allow or deny", rl.OnStoreError)
-			}
-		case "zone":
-			if err := nonEmptyArg(d, &rl.Zone); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, d.Errf("unknown rate_limit setting %q: want key, store, ipv4_prefix, ipv6_prefix, max_concurrent, on_store_error or zone", name)
-		}
-	}
-	return rl, nil
-}
-
-// parseStore reads `store memory` or `store redis <url>`.
-func (rl *RateLimit) parseStore(d *caddyfile.Dispenser) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	switch kind := d.Val(); kind {
-	case "memory":
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		rl.Store = ""
-		return nil
-	case "redis":
-		if err := oneArg(d, &rl.Store); err != nil {
-			return err
-		}
-		// A placeholder is checked once expanded, at provision time. The
-		// error never quotes a password.
-		if !strings.Contains(rl.Store, "{") {
-			if err := (ratelimit.Config{Rate: rl.Rate, Store: rl.Store}).Validate(); err != nil {
-				return d.Errf("rate_limit: %v", err)
-			}
-		}
-		return nil
-	default:
-		return d.Errf("unknown store %q: want memory or redis <url>", kind)
-	}
-}
-
-func nonEmptyArg(d *caddyfile.Dispenser, dst *string) error {
-	name := d.Val()
-	if err := oneArg(d, dst); err != nil {
-		return err
-	}
-	if *dst == "" {
-		return d.Errf("%s must not be empty", name)
-	}
-	return nil
-}
-
-// bitsArg reads a prefix length from 1 to most.
-func bitsArg(d *caddyfile.Dispenser, most int) (int, error) {
-	name := d.Val()
-	var s string
-	if err := oneArg(d, &s); err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > most {
-		return 0, d.Errf("bad %s %q: want a number of bits from 1 to %d", name, s, most)
-	}
-	return n, nil
-}
 
 // limiters holds each limit's counters across config reloads, keyed by the
 // limit's identity and settings.
