@@ -230,13 +230,9 @@ func (ds *DesktopStream) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 		return plainError(w, http.StatusForbidden, "only loopback clients are served (see allow_remote)")
 	}
 	if ds.RateLimit != nil {
-		release, err := ds.RateLimit.Admit(w, r)
-		if err != nil {
-			e := asError(err)
-			if e.RetryAfter != "" {
-				h.Set("Retry-After", e.RetryAfter)
-			}
-			return plainError(w, e.Status, e.Message)
+		release, refused := ds.RateLimit.Admit(w, r)
+		if refused != nil {
+			return plainError(w, refused.Status, refused.Message)
 		}
 		defer release()
 	}

@@ -242,9 +242,10 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 			Message: "method " + r.Method + " not allowed: use POST with a chat-completions body or GET with ?prompt="})
 	}
 	if h.RateLimit != nil {
-		release, err := h.RateLimit.Admit(w, r)
-		if err != nil {
-			return h.reject(w, r, asError(err))
+		release, refused := h.RateLimit.Admit(w, r)
+		if refused != nil {
+			return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
+				Message: refused.Message, RetryAfter: refused.RetryAfter})
 		}
 		defer release()
 	}

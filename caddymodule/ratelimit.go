@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/llmstream/caddy-llmstream/chunk"
 	"github.com/llmstream/caddy-llmstream/ratelimit"
 )
 
@@ -126,9 +125,10 @@ func (rl *RateLimit) Provision(ctx caddy.Context, directive string, owner any) e
 }
 
 // Admit checks one request: it sets the rate-limit headers on w and returns
-// a release func to call when the request ends (for max_concurrent), or a
-// *chunk.Error with status 429 and RetryAfter when refused.
-func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func(), err error) {
+// a release func to call when the request ends (for max_concurrent), and
+// when refused, why, for the handler to tell in its own shape. release is
+// never nil.
+func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func(), refused *ratelimit.Refusal) {
 	key := rl.clientKey(r)
 	d := rl.limiter.Allow(r.Context(), key)
 	h := w.Header()
@@ -141,15 +141,15 @@ func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func
 			msg = "rate limit store unavailable and on_store_error is deny; retry in " + retry + "s"
 			reason = "store_error"
 		}
-		rl.refused(r, reason)
-		return noRelease, &chunk.Error{Status: http.StatusTooManyRequests, Type: chunk.TypeRateLimit, Message: msg, RetryAfter: retry}
+		rl.logRefused(r, reason)
+		return noRelease, &ratelimit.Refusal{Status: http.StatusTooManyRequests, RetryAfter: retry, Message: msg}
 	}
 	release, ok := rl.limiter.Acquire(key)
 	if !ok {
-		rl.refused(r, "max_concurrent")
+		rl.logRefused(r, "max_concurrent")
 		h.Set("Retry-After", "1")
-		return noRelease, &chunk.Error{Status: http.StatusTooManyRequests, Type: chunk.TypeRateLimit,
-			Message: "too many concurrent streams for this client: at most " + strconv.Itoa(rl.MaxConcurrent), RetryAfter: "1"}
+		return noRelease, &ratelimit.Refusal{Status: http.StatusTooManyRequests, RetryAfter: "1",
+			Message: "too many concurrent streams for this client: at most " + strconv.Itoa(rl.MaxConcurrent)}
 	}
 	return release, nil
 }
@@ -175,7 +175,7 @@ func (rl *RateLimit) clientKey(r *http.Request) string {
 	return ratelimit.ClientKey(ip, rl.v4, rl.v6)
 }
 
-func (rl *RateLimit) refused(r *http.Request, reason string) {
+func (rl *RateLimit) logRefused(r *http.Request, reason string) {
 	if c := rl.log.Check(zapcore.DebugLevel, "rate limited"); c != nil {
 		ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 		c.Write(zap.String("reason", reason), zap.String("client_ip", ip))

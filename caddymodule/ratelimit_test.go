@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/llmstream/caddy-llmstream/chunk"
+	"github.com/llmstream/caddy-llmstream/ratelimit"
 )
 
 // rateLimitBlock is an llm_proxy directive whose rate_limit has the given
@@ -149,21 +148,14 @@ func clientRequest(clientIP string, header ...string) *http.Request {
 }
 
 // admit runs Admit and returns the headers and the refusal, if any.
-func admit(t *testing.T, rl *RateLimit, r *http.Request) (http.Header, *chunk.Error, func()) {
+func admit(t *testing.T, rl *RateLimit, r *http.Request) (http.Header, *ratelimit.Refusal, func()) {
 	t.Helper()
 	w := httptest.NewRecorder()
-	release, err := rl.Admit(w, r)
+	release, refused := rl.Admit(w, r)
 	if release == nil {
 		t.Fatal("Admit returned a nil release")
 	}
-	if err == nil {
-		return w.Header(), nil, release
-	}
-	var e *chunk.Error
-	if !errors.As(err, &e) {
-		t.Fatalf("Admit error %T %v, want *chunk.Error", err, err)
-	}
-	return w.Header(), e, release
+	return w.Header(), refused, release
 }
 
 func TestRateLimitAdmitSequence(t *testing.T) {
@@ -198,7 +190,7 @@ func TestRateLimitAdmitSequence(t *testing.T) {
 	if n, err := strconv.Atoi(retry); err != nil || n < 1 || n > 60 || retry != hdr.Get("X-RateLimit-Reset") {
 		t.Errorf("Retry-After %q, X-RateLimit-Reset %q: want equal, 1 to 60", retry, hdr.Get("X-RateLimit-Reset"))
 	}
-	want := &chunk.Error{Status: 429, Type: chunk.TypeRateLimit, RetryAfter: retry,
+	want := &ratelimit.Refusal{Status: 429, RetryAfter: retry,
 		Message: "rate limit exceeded: 3 requests per minute; retry in " + retry + "s"}
 	if !reflect.DeepEqual(e, want) {
 		t.Errorf("refusal %+v, want %+v", e, want)
@@ -281,7 +273,7 @@ func TestRateLimitMaxConcurrent(t *testing.T) {
 		t.Fatalf("refused: %v, %v", e1, e2)
 	}
 	hdr, e, _ := admit(t, h.RateLimit, clientRequest("192.0.2.1"))
-	want := &chunk.Error{Status: 429, Type: chunk.TypeRateLimit, RetryAfter: "1",
+	want := &ratelimit.Refusal{Status: 429, RetryAfter: "1",
 		Message: "too many concurrent streams for this client: at most 2"}
 	if !reflect.DeepEqual(e, want) {
 		t.Fatalf("third stream: %+v, want %+v", e, want)
