@@ -76,6 +76,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"simulator interval args", "llm_simulator {\n\tchunk_interval 1ms 2ms 3ms\n}", "wrong argument count"},
 		{"simulator chunks", "llm_simulator {\n\tchunks 0\n}", `bad chunks "0"`},
 		{"simulator duplicate", "llm_simulator {\n\tchunks 1\n\tchunks 2\n}", "llm_simulator: duplicate subdirective chunks"},
+		{"desktop duplicate", "desktop_stream {\n\tfps 10\n\tfps 20\n}", "desktop_stream: duplicate subdirective fps"},
+		{"desktop range", "desktop_stream {\n\tquality 0\n}", `bad quality "0": want an integer from 1 to 100`},
+		{"desktop rate_limit unknown", "desktop_stream {\n\trate_limit 1-M {\n\t\tburst 3\n\t}\n}", "rate_limit: unknown subdirective burst"},
+		{"desktop rate_limit duplicate", "desktop_stream {\n\trate_limit 1-M {\n\t\tzone a\n\t\tzone b\n\t}\n}", "rate_limit: duplicate subdirective zone"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
