@@ -20,8 +20,9 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 	}
 	f.Add("llm_proxy http://x/v1 {\n\ttimeouts {\n\t\tidle 1s\n\t}\n\theader_up A b\n}")
 	f.Add("llm_simulator {\n\tchunks 3\n}")
+	f.Add("desktop_stream {\n\tfps 25\n\trate_limit 2-M {\n\t\tmax_concurrent 1\n\t}\n}")
 	f.Fuzz(func(t *testing.T, in string) {
-		for _, u := range []caddyfile.Unmarshaler{new(LLMProxy), new(LLMSimulator), new(LLMWeb)} {
+		for _, u := range []caddyfile.Unmarshaler{new(LLMProxy), new(LLMSimulator), new(DesktopStream), new(LLMWeb)} {
 			_ = u.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
 		}
 	})

@@ -85,10 +85,7 @@ type hubKey struct {
 // hubs holds the capture loops in use, across config reloads.
 var hubs = caddy.NewUsagePool()
 
-var (
-	errStopping  = errors.New("server stopping")
-	errCleanedUp = errors.New("handler cleaned up")
-)
+var errCleanedUp = errors.New("handler cleaned up")
 
 const (
 	defaultFPS     = 10
@@ -134,13 +131,9 @@ func (ds *DesktopStream) Provision(ctx caddy.Context) error {
 		ds.Quality = defaultQuality
 	}
 
-	ds.stopCtx, ds.stop = context.WithCancelCause(context.Background())
-	// Caddy cleans modules up only after its servers have shut down, and a
-	// server shutting down waits for its handlers: streams must end when
-	// the shutdown begins.
-	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		srv.RegisterOnShutdown(func() { ds.stop(errStopping) })
-	}
+	// Streams never end by themselves: every shutdown of the server, a
+	// reload's too, must end them (see errShuttingDown).
+	ds.stopCtx, ds.stop = stopOnShutdown(ctx)
 
 	page, err := web.Files.ReadFile("desktop.html")
 	if err != nil {
@@ -230,13 +223,9 @@ func (ds *DesktopStream) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 		return plainError(w, http.StatusForbidden, "only loopback clients are served (see allow_remote)")
 	}
 	if ds.RateLimit != nil {
-		release, err := ds.RateLimit.Admit(w, r)
-		if err != nil {
-			e := asError(err)
-			if e.RetryAfter != "" {
-				h.Set("Retry-After", e.RetryAfter)
-			}
-			return plainError(w, e.Status, e.Message)
+		release, refused := ds.RateLimit.Admit(w, r)
+		if refused != nil {
+			return plainError(w, refused.Status, refused.Message)
 		}
 		defer release()
 	}
@@ -291,17 +280,6 @@ func (ds *DesktopStream) serveViewer(w http.ResponseWriter) error {
 	return err
 }
 
-// streamContext returns a context that ends when the client leaves or this
-// handler stops; release must be called when done with it.
-func (ds *DesktopStream) streamContext(r *http.Request) (ctx context.Context, release func()) {
-	ctx, cancel := context.WithCancelCause(r.Context())
-	unhook := context.AfterFunc(ds.stopCtx, func() { cancel(context.Cause(ds.stopCtx)) })
-	return ctx, func() {
-		unhook()
-		cancel(nil)
-	}
-}
-
 // join adds a viewer to the hub and waits for its first frame.
 func (ds *DesktopStream) join(ctx context.Context) (*capture.Viewer, *capture.Frame, error) {
 	v, err := ds.hub.Join()
@@ -332,7 +310,7 @@ func (ds *DesktopStream) unavailable(w http.ResponseWriter, r *http.Request, err
 }
 
 func (ds *DesktopStream) serveSnapshot(w http.ResponseWriter, r *http.Request) error {
-	ctx, release := ds.streamContext(r)
+	ctx, release := until(r, ds.stopCtx)
 	v, f, err := ds.join(ctx)
 	release()
 	if err != nil {
@@ -353,7 +331,7 @@ func (ds *DesktopStream) serveStream(w http.ResponseWriter, r *http.Request) err
 	}
 	defer ds.viewers.Add(-1)
 
-	ctx, release := ds.streamContext(r)
+	ctx, release := until(r, ds.stopCtx)
 	defer release()
 	v, f, err := ds.join(ctx)
 	if err != nil {

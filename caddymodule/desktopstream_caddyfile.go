@@ -1,8 +1,6 @@
 package caddymodule
 
 import (
-	"strconv"
-
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -32,71 +30,39 @@ func parseDesktopStream(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, er
 //		max_width    <pixels>
 //		max_viewers  <n>
 //		allow_remote
+//		rate_limit   <rate> [{ ... }]
 //	}
 //
 // Every subdirective is optional and may appear once. The block may be
 // omitted: display 0, 10 fps, quality 70, native size, no viewer cap,
-// loopback clients only.
+// loopback clients only, no rate limit. rate_limit is llm_proxy's, block
+// and all.
 func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := noArgs(d); err != nil {
+		return err
 	}
-
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if seen[name] {
-			return d.Errf("duplicate subdirective %s", name)
-		}
-		seen[name] = true
-
-		var err error
+	return block(d, "desktop_stream", func(name string) (err error) {
 		switch name {
 		case "display":
-			ds.Display, err = intInRange(d, 0, 1<<10)
+			ds.Display, err = intArg(d, 0, 1<<10)
 		case "fps":
-			ds.FPS, err = intInRange(d, 1, 60)
+			ds.FPS, err = intArg(d, 1, 60)
 		case "quality":
-			ds.Quality, err = intInRange(d, 1, 100)
+			ds.Quality, err = intArg(d, 1, 100)
 		case "max_width":
-			ds.MaxWidth, err = intInRange(d, 1, 1<<16)
+			ds.MaxWidth, err = intArg(d, 1, 1<<16)
 		case "max_viewers":
-			ds.MaxViewers, err = intInRange(d, 1, 1<<20)
+			ds.MaxViewers, err = intArg(d, 1, 1<<20)
 		case "allow_remote":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			ds.AllowRemote = true
+			ds.AllowRemote, err = true, noArgs(d)
 		case "rate_limit":
 			ds.RateLimit, err = parseRateLimit(d)
 		default:
-			return d.Errf("unknown subdirective %s", name)
+			err = errUnknown
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// intInRange reads the subdirective's single argument, an integer in [lo, hi].
-func intInRange(d *caddyfile.Dispenser, lo, hi int) (int, error) {
-	name := d.Val()
-	if !d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	n, err := strconv.Atoi(d.Val())
-	if err != nil {
-		return 0, d.Errf("%s: %q is not an integer", name, d.Val())
-	}
-	if n < lo || n > hi {
-		return 0, d.Errf("%s: %d is out of range %d-%d", name, n, lo, hi)
-	}
-	if d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	return n, nil
+		return err
+	})
 }
 
 // Interface guard

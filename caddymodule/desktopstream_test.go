@@ -51,42 +51,42 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 		{name: "argument", in: `desktop_stream :0`, err: "wrong argument count"},
 		{name: "unknown", in: `desktop_stream {
 			framerate 10
-		}`, err: "unknown subdirective framerate"},
+		}`, err: "desktop_stream: unknown subdirective framerate"},
 		{name: "rate_limit bad rate", in: `desktop_stream {
 			rate_limit 10
 		}`, err: "rate_limit"},
 		{name: "duplicate", in: `desktop_stream {
 			fps 10
 			fps 20
-		}`, err: "duplicate subdirective fps"},
+		}`, err: "desktop_stream: duplicate subdirective fps"},
 		{name: "duplicate flag", in: `desktop_stream {
 			allow_remote
 			allow_remote
-		}`, err: "duplicate subdirective allow_remote"},
+		}`, err: "desktop_stream: duplicate subdirective allow_remote"},
 		{name: "not a number", in: `desktop_stream {
 			fps ten
-		}`, err: `fps: "ten" is not an integer`},
+		}`, err: `bad fps "ten": want an integer from 1 to 60`},
 		{name: "fps zero", in: `desktop_stream {
 			fps 0
-		}`, err: "fps: 0 is out of range 1-60"},
+		}`, err: `bad fps "0": want an integer from 1 to 60`},
 		{name: "fps too high", in: `desktop_stream {
 			fps 61
-		}`, err: "fps: 61 is out of range 1-60"},
+		}`, err: `bad fps "61"`},
 		{name: "quality too high", in: `desktop_stream {
 			quality 101
-		}`, err: "quality: 101 is out of range 1-100"},
+		}`, err: `bad quality "101": want an integer from 1 to 100`},
 		{name: "negative display", in: `desktop_stream {
 			display -1
-		}`, err: "display: -1 is out of range"},
+		}`, err: `bad display "-1"`},
 		{name: "zero max_width", in: `desktop_stream {
 			max_width 0
-		}`, err: "max_width: 0 is out of range"},
+		}`, err: `bad max_width "0"`},
 		{name: "zero max_viewers", in: `desktop_stream {
 			max_viewers 0
-		}`, err: "max_viewers: 0 is out of range"},
+		}`, err: `bad max_viewers "0"`},
 		{name: "float", in: `desktop_stream {
 			quality 70.5
-		}`, err: `quality: "70.5" is not an integer`},
+		}`, err: `bad quality "70.5"`},
 		{name: "missing value", in: `desktop_stream {
 			quality
 		}`, err: "wrong argument count"},

@@ -252,9 +252,10 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.reject(w, r, &chunk.Error{Status: status, Type: chunk.TypeInvalidRequest, Message: err.Error()})
 	}
 	if h.RateLimit != nil {
-		release, err := h.RateLimit.Admit(w, r)
-		if err != nil {
-			return h.reject(w, r, asError(err))
+		release, refused := h.RateLimit.Admit(w, r)
+		if refused != nil {
+			return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
+				Message: refused.Message, RetryAfter: refused.RetryAfter})
 		}
 		defer release()
 	}

@@ -2,13 +2,11 @@ package caddymodule
 
 import (
 	"net/http"
-	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
 
 	"github.com/llmstream/caddy-llmstream/frame"
 	"github.com/llmstream/caddy-llmstream/upstream"
@@ -23,8 +21,10 @@ func init() {
 
 func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	p := new(LLMProxy)
-	err := p.UnmarshalCaddyfile(h.Dispenser)
-	return p, err
+	if err := p.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -63,79 +63,43 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	h.To = append(h.To, d.RemainingArgs()...)
 	toOnLine := len(h.To) > 0
 
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if name != "header_up" && name != "upstream" && seen[name] {
-			return d.Errf("duplicate subdirective %q", name)
-		}
-		seen[name] = true
+	return block(d, "llm_proxy", func(name string) (err error) {
 		switch name {
 		case "to":
 			if toOnLine {
 				return d.Err("upstream given twice: on the directive's line and with `to`")
 			}
-			h.To = d.RemainingArgs()
-			if len(h.To) == 0 {
-				return d.ArgErr()
+			if h.To = d.RemainingArgs(); len(h.To) == 0 {
+				err = d.ArgErr()
 			}
 		case "upstream":
-			u, err := parseUpstream(d)
-			if err != nil {
-				return err
+			var u *UpstreamConfig
+			if u, err = parseUpstream(d); err == nil {
+				h.Upstreams = append(h.Upstreams, u)
 			}
-			h.Upstreams = append(h.Upstreams, u)
 		case "lb_policy":
-			if err := oneArg(d, &h.LBPolicy); err != nil {
-				return err
-			}
-			if _, err := upstream.ParsePolicy(h.LBPolicy); err != nil {
-				return d.Err(err.Error())
-			}
+			h.LBPolicy, err = parsedArg(d, upstream.ParsePolicy)
 		case "retries":
-			n, err := intArg(d, 0)
-			if err != nil {
-				return err
-			}
+			var n int
+			n, err = intArg(d, 0, unbounded)
 			h.Retries = &n
 		case "health_check":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
-			h.HealthCheck = dur
+			h.HealthCheck, err = durationArg(d)
 		case "api_key":
-			if err := oneArg(d, &h.APIKey); err != nil {
-				return err
-			}
+			h.APIKey, err = oneArg(d)
 		case "model":
-			if err := oneArg(d, &h.Model); err != nil {
-				return err
-			}
+			h.Model, err = oneArg(d)
 		case "format":
-			if err := oneArg(d, &h.Format); err != nil {
-				return err
-			}
-			if _, err := frame.ParseFormat(h.Format); err != nil {
-				return d.Err(err.Error())
-			}
+			h.Format, err = parsedArg(d, frame.ParseFormat)
 		case "heartbeat":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
+			var dur caddy.Duration
+			dur, err = durationArg(d)
 			h.Heartbeat = &dur
 		case "max_body":
-			n, err := sizeArg(d)
-			if err != nil {
-				return err
-			}
-			h.MaxBody = n
+			h.MaxBody, err = sizeArg(d)
 		case "max_event_size":
-			n, err := sizeArg(d)
-			if err != nil {
-				return err
-			}
+			var n int64
+			n, err = sizeArg(d)
 			h.MaxEventSize = int(n)
 		case "header_up":
 			var k, v string
@@ -147,90 +111,53 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.HeaderUp.Add(k, v)
 		case "rate_limit":
-			rl, err := parseRateLimit(d)
-			if err != nil {
-				return err
-			}
-			h.RateLimit = rl
+			h.RateLimit, err = parseRateLimit(d)
 		case "timeouts":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			if err := h.unmarshalTimeouts(d); err != nil {
-				return err
+			if err = noArgs(d); err == nil {
+				err = h.unmarshalTimeouts(d)
 			}
 		default:
-			return d.Errf("unknown subdirective %q", name)
+			err = errUnknown
 		}
-	}
-	return nil
+		return err
+	}, "header_up", "upstream")
 }
 
 // parseUpstream reads `upstream <base_url> { api_key, model <from> <to>, weight }`.
 func parseUpstream(d *caddyfile.Dispenser) (*UpstreamConfig, error) {
 	u := new(UpstreamConfig)
-	if err := oneArg(d, &u.To); err != nil {
+	var err error
+	if u.To, err = oneArg(d); err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if name != "model" && seen[name] {
-			return nil, d.Errf("duplicate upstream setting %q", name)
-		}
-		seen[name] = true
+	return u, block(d, "upstream", func(name string) (err error) {
 		switch name {
 		case "api_key":
-			if err := oneArg(d, &u.APIKey); err != nil {
-				return nil, err
-			}
+			u.APIKey, err = oneArg(d)
 		case "model":
 			var from, to string
 			if !d.Args(&from, &to) || d.NextArg() {
-				return nil, d.ArgErr()
+				return d.ArgErr()
+			}
+			if _, dup := u.Models[from]; dup {
+				return d.Errf("model %q renamed twice", from)
 			}
 			if u.Models == nil {
 				u.Models = map[string]string{}
 			}
-			if _, dup := u.Models[from]; dup {
-				return nil, d.Errf("model %q renamed twice", from)
-			}
 			u.Models[from] = to
 		case "weight":
-			n, err := intArg(d, 1)
-			if err != nil {
-				return nil, err
-			}
-			u.Weight = n
+			u.Weight, err = intArg(d, 1, unbounded)
 		default:
-			return nil, d.Errf("unknown upstream setting %q: want api_key, model or weight", name)
+			err = errUnknown
 		}
-	}
-	return u, nil
-}
-
-// intArg reads one whole number of at least lowest.
-func intArg(d *caddyfile.Dispenser, lowest int) (int, error) {
-	var s string
-	if err := oneArg(d, &s); err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < lowest {
-		return 0, d.Errf("bad number %q: want a whole number of at least %d", s, lowest)
-	}
-	return n, nil
+		return err
+	}, "model")
 }
 
 func (h *LLMProxy) unmarshalTimeouts(d *caddyfile.Dispenser) error {
 	h.Timeouts = new(Timeouts)
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if seen[name] {
-			return d.Errf("duplicate timeout %q", name)
-		}
-		seen[name] = true
+	return block(d, "timeouts", func(name string) error {
 		var field **caddy.Duration
 		switch name {
 		case "dial":
@@ -244,59 +171,12 @@ func (h *LLMProxy) unmarshalTimeouts(d *caddyfile.Dispenser) error {
 		case "write":
 			field = &h.Timeouts.Write
 		default:
-			return d.Errf("unknown timeout %q: want dial, first_chunk, idle, total or write", name)
+			return errUnknown
 		}
 		dur, err := durationArg(d)
-		if err != nil {
-			return err
-		}
 		*field = &dur
-	}
-	return nil
-}
-
-// oneArg reads exactly one argument into dst.
-func oneArg(d *caddyfile.Dispenser, dst *string) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
-}
-
-// durationArg reads one duration argument; "0" and "off" turn a limit off.
-func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
-	var s string
-	if err := oneArg(d, &s); err != nil {
-		return 0, err
-	}
-	if s == "off" {
-		return 0, nil
-	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil {
-		return 0, d.Errf("bad duration %q: %v", s, err)
-	}
-	if dur < 0 {
-		return 0, d.Errf("duration %q must not be negative", s)
-	}
-	return caddy.Duration(dur), nil
-}
-
-// sizeArg reads one size argument such as 1MiB or 4096.
-func sizeArg(d *caddyfile.Dispenser) (int64, error) {
-	var s string
-	if err := oneArg(d, &s); err != nil {
-		return 0, err
-	}
-	n, err := humanize.ParseBytes(s)
-	if err != nil || n == 0 || n > 1<<40 {
-		return 0, d.Errf("bad size %q: want a positive size such as 1MiB", s)
-	}
-	return int64(n), nil
+		return err
+	})
 }
 
 // Interface guard

@@ -1,24 +1,17 @@
 package caddymodule
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/llmstream/caddy-llmstream/chunk"
 	"github.com/llmstream/caddy-llmstream/ratelimit"
 )
 
@@ -75,155 +68,11 @@ type RateLimit struct {
 // clientIPPlaceholder is what the Caddyfile makes of {client_ip}.
 const clientIPPlaceholder = "{http.vars." + caddyhttp.ClientIPVarKey + "}"
 
-// parseRateLimit reads the rate_limit subdirective, the dispenser being on
-// its name. Syntax:
-//
-//	rate_limit <rate> {
-//		key <placeholder>
-//		store memory|redis <url>
-//		ipv4_prefix <bits>
-//		ipv6_prefix <bits>
-//		max_concurrent <n>
-//		on_store_error allow|deny
-//		zone <name>
-//	}
-//
-// The block is optional.
-func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
-	rl := new(RateLimit)
-	if err := oneArg(d, &rl.Rate); err != nil {
-		return nil, err
-	}
-	if err := (ratelimit.Config{Rate: rl.Rate}).Validate(); err != nil {
-		return nil, d.Errf("rate_limit: %v", err)
-	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if seen[name] {
-			return nil, d.Errf("duplicate rate_limit setting %q", name)
-		}
-		seen[name] = true
-		switch name {
-		case "key":
-			if err := nonEmptyArg(d, &rl.Key); err != nil {
-				return nil, err
-			}
-		case "store":
-			if err := rl.parseStore(d); err != nil {
-				return nil, err
-			}
-		case "ipv4_prefix":
-			n, err := bitsArg(d, 32)
-			if err != nil {
-				return nil, err
-			}
-			rl.IPv4Prefix = n
-		case "ipv6_prefix":
-			n, err := bitsArg(d, 128)
-			if err != nil {
-				return nil, err
-			}
-			rl.IPv6Prefix = n
-		case "max_concurrent":
-			n, err := intArg(d, 1)
-			if err != nil {
-				return nil, err
-			}
-			rl.MaxConcurrent = n
-		case "on_store_error":
-			if err := oneArg(d, &rl.OnStoreError); err != nil {
-				return nil, err
-			}
-			if rl.OnStoreError != "allow" && rl.OnStoreError != "deny" {
-				return nil, d.Errf("bad on_store_error %q: want allow or deny", rl.OnStoreError)
-			}
-		case "zone":
-			if err := nonEmptyArg(d, &rl.Zone); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, d.Errf("unknown rate_limit setting %q: want key, store, ipv4_prefix, ipv6_prefix, max_concurrent, on_store_error or zone", name)
-		}
-	}
-	return rl, nil
-}
-
-// parseStore reads `store memory` or `store redis <url>`.
-func (rl *RateLimit) parseStore(d *caddyfile.Dispenser) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	switch kind := d.Val(); kind {
-	case "memory":
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		rl.Store = ""
-		return nil
-	case "redis":
-		if err := oneArg(d, &rl.Store); err != nil {
-			return err
-		}
-		// A placeholder is checked once expanded, at provision time. The
-		// error never quotes a password.
-		if !strings.Contains(rl.Store, "{") {
-			if err := (ratelimit.Config{Rate: rl.Rate, Store: rl.Store}).Validate(); err != nil {
-				return d.Errf("rate_limit: %v", err)
-			}
-		}
-		return nil
-	default:
-		return d.Errf("unknown store %q: want memory or redis <url>", kind)
-	}
-}
-
-func nonEmptyArg(d *caddyfile.Dispenser, dst *string) error {
-	name := d.Val()
-	if err := oneArg(d, dst); err != nil {
-		return err
-	}
-	if *dst == "" {
-		return d.Errf("%s must not be empty", name)
-	}
-	return nil
-}
-
-// bitsArg reads a prefix length from 1 to most.
-func bitsArg(d *caddyfile.Dispenser, most int) (int, error) {
-	name := d.Val()
-	var s string
-	if err := oneArg(d, &s); err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > most {
-		return 0, d.Errf("bad %s %q: want a number of bits from 1 to %d", name, s, most)
-	}
-	return n, nil
-}
-
-// limiters holds each limit's counters across config reloads, keyed by the
-// limit's identity and settings.
-var limiters = caddy.NewUsagePool()
-
-// pooledLimiter is what limiters holds.
-type pooledLimiter struct{ *ratelimit.Limiter }
-
-// Destruct stops the memory store's sweeper or closes the redis connections.
-func (p pooledLimiter) Destruct() error { return p.Close() }
-
 // Provision takes the limiter for this directive from a usage pool, so that
 // counters survive a config reload. directive and owner (the handler, still
-// as configured: its defaults not yet applied) identify the limit.
-//
-// A limit is identified by its zone if it has one, else by the directive and
-// a hash of the owner's config, plus a sequence number when one config has
-// several identical directives (they differ only in their matchers, which the
-// handler cannot see), so that separate directives never share counters by
-// accident while a reload of the same config finds its counters again. Its
-// own settings, the store URL as expanded, are part of the pool key, so a
-// changed rate or store starts afresh.
+// as configured: its defaults not yet applied) identify the limit (see
+// identify). Its own settings, the store URL as expanded, are part of the
+// pool key, so a changed rate or store starts afresh.
 func (rl *RateLimit) Provision(ctx caddy.Context, directive string, owner any) error {
 	rl.log = ctx.Logger()
 	cfg := ratelimit.Config{
@@ -251,19 +100,9 @@ func (rl *RateLimit) Provision(ctx caddy.Context, directive string, owner any) e
 	}
 	settingsID := shortHash(settings)
 
-	load := loadOf(ctx)
-	var identity string
-	if rl.Zone != "" {
-		identity = "zone:" + rl.Zone
-		if err := load.claimZone(rl.Zone, settingsID); err != nil {
-			return err
-		}
-	} else {
-		ownerJSON, err := json.Marshal(owner)
-		if err != nil {
-			return fmt.Errorf("rate_limit: identifying the directive: %w", err)
-		}
-		identity = load.nth(directive + ":" + shortHash(ownerJSON))
+	identity, err := identify(ctx, directive, owner, rl.Zone, settingsID)
+	if err != nil {
+		return err
 	}
 	// The rate is in the redis keys, so a changed rate does not inherit a
 	// running window from other instances still on the old one.
@@ -285,17 +124,11 @@ func (rl *RateLimit) Provision(ctx caddy.Context, directive string, owner any) e
 	return nil
 }
 
-// shortHash is 128 bits of SHA-256 in hex: enough to tell configs or keys
-// apart, and it keeps secrets in them out of pool and store keys.
-func shortHash(b []byte) string {
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:16])
-}
-
 // Admit checks one request: it sets the rate-limit headers on w and returns
-// a release func to call when the request ends (for max_concurrent), or a
-// *chunk.Error with status 429 and RetryAfter when refused.
-func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func(), err error) {
+// a release func to call when the request ends (for max_concurrent), and
+// when refused, why, for the handler to tell in its own shape. release is
+// never nil.
+func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func(), refused *ratelimit.Refusal) {
 	key := rl.clientKey(r)
 	d := rl.limiter.Allow(r.Context(), key)
 	h := w.Header()
@@ -308,15 +141,15 @@ func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func
 			msg = "rate limit store unavailable and on_store_error is deny; retry in " + retry + "s"
 			reason = "store_error"
 		}
-		rl.refused(r, reason)
-		return noRelease, &chunk.Error{Status: http.StatusTooManyRequests, Type: chunk.TypeRateLimit, Message: msg, RetryAfter: retry}
+		rl.logRefused(r, reason)
+		return noRelease, &ratelimit.Refusal{Status: http.StatusTooManyRequests, RetryAfter: retry, Message: msg}
 	}
 	release, ok := rl.limiter.Acquire(key)
 	if !ok {
-		rl.refused(r, "max_concurrent")
+		rl.logRefused(r, "max_concurrent")
 		h.Set("Retry-After", "1")
-		return noRelease, &chunk.Error{Status: http.StatusTooManyRequests, Type: chunk.TypeRateLimit,
-			Message: "too many concurrent streams for this client: at most " + strconv.Itoa(rl.MaxConcurrent), RetryAfter: "1"}
+		return noRelease, &ratelimit.Refusal{Status: http.StatusTooManyRequests, RetryAfter: "1",
+			Message: "too many concurrent streams for this client: at most " + strconv.Itoa(rl.MaxConcurrent)}
 	}
 	return release, nil
 }
@@ -342,7 +175,7 @@ func (rl *RateLimit) clientKey(r *http.Request) string {
 	return ratelimit.ClientKey(ip, rl.v4, rl.v6)
 }
 
-func (rl *RateLimit) refused(r *http.Request, reason string) {
+func (rl *RateLimit) logRefused(r *http.Request, reason string) {
 	if c := rl.log.Check(zapcore.DebugLevel, "rate limited"); c != nil {
 		ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 		c.Write(zap.String("reason", reason), zap.String("client_ip", ip))
@@ -381,67 +214,4 @@ func (rl *RateLimit) Cleanup() error {
 	rl.poolKey = ""
 	_, err := limiters.Delete(key)
 	return err
-}
-
-// loads tracks the config being loaded, keyed by its context's Done channel,
-// which every module of one load shares: it numbers identical directives and
-// checks that a zone's directives agree. An entry goes when its load's
-// context is cancelled, as the config is unloaded.
-var (
-	loadsMu sync.Mutex
-	loads   = map[<-chan struct{}]*configLoad{}
-)
-
-type configLoad struct {
-	mu    sync.Mutex
-	seen  map[string]int    // identity -> directives provisioned with it
-	zones map[string]string // zone -> its settings' hash
-}
-
-func loadOf(ctx caddy.Context) *configLoad {
-	done := ctx.Done()
-	if done == nil { // a context that never ends: no load to share
-		return new(configLoad)
-	}
-	loadsMu.Lock()
-	defer loadsMu.Unlock()
-	l := loads[done]
-	if l == nil {
-		l = new(configLoad)
-		loads[done] = l
-		context.AfterFunc(ctx, func() {
-			loadsMu.Lock()
-			delete(loads, done)
-			loadsMu.Unlock()
-		})
-	}
-	return l
-}
-
-// nth returns identity for its first directive in this load, identity#2 for
-// the second, and so on.
-func (l *configLoad) nth(identity string) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.seen == nil {
-		l.seen = map[string]int{}
-	}
-	l.seen[identity]++
-	if n := l.seen[identity]; n > 1 {
-		return identity + "#" + strconv.Itoa(n)
-	}
-	return identity
-}
-
-func (l *configLoad) claimZone(zone, settings string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.zones == nil {
-		l.zones = map[string]string{}
-	}
-	if prev, ok := l.zones[zone]; ok && prev != settings {
-		return fmt.Errorf("rate_limit: zone %q is used with different settings: directives sharing a zone must have identical rate_limit settings", zone)
-	}
-	l.zones[zone] = settings
-	return nil
 }

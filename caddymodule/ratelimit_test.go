@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/llmstream/caddy-llmstream/chunk"
+	"github.com/llmstream/caddy-llmstream/ratelimit"
 )
 
 // rateLimitBlock is an llm_proxy directive whose rate_limit has the given
@@ -72,21 +71,21 @@ func TestRateLimitUnmarshalCaddyfile(t *testing.T) {
 		{"bad rate", rateLimitBlock("10-X"), `parsing rate "10-X"`},
 		{"bad rate words", rateLimitBlock("ten"), `parsing rate "ten"`},
 		{"zero rate", rateLimitBlock("0-M"), "limit must be at least 1"},
-		{"unknown setting", rateLimitBlock("1-M", "burst 3"), `unknown rate_limit setting "burst"`},
-		{"duplicate setting", rateLimitBlock("1-M", "zone a", "zone b"), `duplicate rate_limit setting "zone"`},
-		{"duplicate rate_limit", "llm_proxy http://x/v1 {\n\trate_limit 1-M\n\trate_limit 2-M\n}", `duplicate subdirective "rate_limit"`},
+		{"unknown setting", rateLimitBlock("1-M", "burst 3"), "rate_limit: unknown subdirective burst"},
+		{"duplicate setting", rateLimitBlock("1-M", "zone a", "zone b"), "rate_limit: duplicate subdirective zone"},
+		{"duplicate rate_limit", "llm_proxy http://x/v1 {\n\trate_limit 1-M\n\trate_limit 2-M\n}", "llm_proxy: duplicate subdirective rate_limit"},
 		{"key arity", rateLimitBlock("1-M", "key"), "wrong argument count"},
-		{"key empty", rateLimitBlock("1-M", `key ""`), "key must not be empty"},
-		{"store unknown", rateLimitBlock("1-M", "store memcached"), `unknown store "memcached"`},
+		{"key empty", rateLimitBlock("1-M", `key ""`), `bad key "": want a non-empty value`},
+		{"store unknown", rateLimitBlock("1-M", "store memcached"), `bad store "memcached": want memory or redis <url>`},
 		{"store redis without url", rateLimitBlock("1-M", "store redis"), "wrong argument count"},
 		{"store memory extra", rateLimitBlock("1-M", "store memory x"), "wrong argument count"},
 		{"store bad scheme", rateLimitBlock("1-M", "store redis http://x"), `unknown store "http://x"`},
 		{"store password stays out", rateLimitBlock("1-M", "store redis redis://:hunter2@host:notaport/0"), "parsing"},
-		{"ipv4 too long", rateLimitBlock("1-M", "ipv4_prefix 33"), `bad ipv4_prefix "33": want a number of bits from 1 to 32`},
+		{"ipv4 too long", rateLimitBlock("1-M", "ipv4_prefix 33"), `bad ipv4_prefix "33": want an integer from 1 to 32`},
 		{"ipv4 zero", rateLimitBlock("1-M", "ipv4_prefix 0"), `bad ipv4_prefix "0"`},
-		{"ipv6 too long", rateLimitBlock("1-M", "ipv6_prefix 129"), `bad ipv6_prefix "129": want a number of bits from 1 to 128`},
+		{"ipv6 too long", rateLimitBlock("1-M", "ipv6_prefix 129"), `bad ipv6_prefix "129": want an integer from 1 to 128`},
 		{"ipv6 not a number", rateLimitBlock("1-M", "ipv6_prefix /64"), `bad ipv6_prefix "/64"`},
-		{"max_concurrent zero", rateLimitBlock("1-M", "max_concurrent 0"), `bad number "0"`},
+		{"max_concurrent zero", rateLimitBlock("1-M", "max_concurrent 0"), `bad max_concurrent "0"`},
 		{"on_store_error", rateLimitBlock("1-M", "on_store_error ignore"), `bad on_store_error "ignore": want allow or deny`},
 		{"zone arity", rateLimitBlock("1-M", "zone a b"), "wrong argument count"},
 	}
@@ -149,21 +148,14 @@ func clientRequest(clientIP string, header ...string) *http.Request {
 }
 
 // admit runs Admit and returns the headers and the refusal, if any.
-func admit(t *testing.T, rl *RateLimit, r *http.Request) (http.Header, *chunk.Error, func()) {
+func admit(t *testing.T, rl *RateLimit, r *http.Request) (http.Header, *ratelimit.Refusal, func()) {
 	t.Helper()
 	w := httptest.NewRecorder()
-	release, err := rl.Admit(w, r)
+	release, refused := rl.Admit(w, r)
 	if release == nil {
 		t.Fatal("Admit returned a nil release")
 	}
-	if err == nil {
-		return w.Header(), nil, release
-	}
-	var e *chunk.Error
-	if !errors.As(err, &e) {
-		t.Fatalf("Admit error %T %v, want *chunk.Error", err, err)
-	}
-	return w.Header(), e, release
+	return w.Header(), refused, release
 }
 
 func TestRateLimitAdmitSequence(t *testing.T) {
@@ -198,7 +190,7 @@ func TestRateLimitAdmitSequence(t *testing.T) {
 	if n, err := strconv.Atoi(retry); err != nil || n < 1 || n > 60 || retry != hdr.Get("X-RateLimit-Reset") {
 		t.Errorf("Retry-After %q, X-RateLimit-Reset %q: want equal, 1 to 60", retry, hdr.Get("X-RateLimit-Reset"))
 	}
-	want := &chunk.Error{Status: 429, Type: chunk.TypeRateLimit, RetryAfter: retry,
+	want := &ratelimit.Refusal{Status: 429, RetryAfter: retry,
 		Message: "rate limit exceeded: 3 requests per minute; retry in " + retry + "s"}
 	if !reflect.DeepEqual(e, want) {
 		t.Errorf("refusal %+v, want %+v", e, want)
@@ -281,7 +273,7 @@ func TestRateLimitMaxConcurrent(t *testing.T) {
 		t.Fatalf("refused: %v, %v", e1, e2)
 	}
 	hdr, e, _ := admit(t, h.RateLimit, clientRequest("192.0.2.1"))
-	want := &chunk.Error{Status: 429, Type: chunk.TypeRateLimit, RetryAfter: "1",
+	want := &ratelimit.Refusal{Status: 429, RetryAfter: "1",
 		Message: "too many concurrent streams for this client: at most 2"}
 	if !reflect.DeepEqual(e, want) {
 		t.Fatalf("third stream: %+v, want %+v", e, want)

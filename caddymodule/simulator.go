@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -67,8 +66,10 @@ func (s *LLMSimulator) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 
 func parseLLMSimulator(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	s := new(LLMSimulator)
-	err := s.UnmarshalCaddyfile(h.Dispenser)
-	return s, err
+	if err := s.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // UnmarshalCaddyfile sets up the simulator from Caddyfile tokens. Syntax:
@@ -80,55 +81,44 @@ func parseLLMSimulator(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //	}
 func (s *LLMSimulator) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := noArgs(d); err != nil {
+		return err
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if seen[name] {
-			return d.Errf("duplicate subdirective %q", name)
-		}
-		seen[name] = true
+	return block(d, "llm_simulator", func(name string) (err error) {
 		switch name {
 		case "chunk_interval":
-			// One duration, or a range that each pause is drawn from.
-			args := d.RemainingArgs()
-			if len(args) < 1 || len(args) > 2 {
-				return d.ArgErr()
-			}
-			var durs [2]caddy.Duration
-			for i, a := range args {
-				v, err := caddy.ParseDuration(a)
-				if err != nil || v < 0 {
-					return d.Errf("bad chunk_interval %q: want a duration such as 30ms", a)
-				}
-				durs[i] = caddy.Duration(v)
-			}
-			s.ChunkInterval = &durs[0]
-			if len(args) == 2 {
-				if durs[1] < durs[0] {
-					return d.Errf("chunk_interval %s %s: the second duration must not be below the first", args[0], args[1])
-				}
-				s.ChunkIntervalMax = durs[1]
-			}
+			err = s.unmarshalInterval(d)
 		case "chunks":
-			var v string
-			if err := oneArg(d, &v); err != nil {
-				return err
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return d.Errf("bad chunks %q: want a positive whole number", v)
-			}
-			s.Chunks = n
+			s.Chunks, err = intArg(d, 1, unbounded)
 		case "model":
-			if err := oneArg(d, &s.Model); err != nil {
-				return err
-			}
+			s.Model, err = oneArg(d)
 		default:
-			return d.Errf("unknown subdirective %q", name)
+			err = errUnknown
 		}
+		return err
+	})
+}
+
+// unmarshalInterval reads `chunk_interval <duration> [<max>]`: one pause, or
+// a range that each pause is drawn from.
+func (s *LLMSimulator) unmarshalInterval(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.ArgErr()
+	}
+	var durs [2]caddy.Duration
+	for i, a := range args {
+		var err error
+		if durs[i], err = parseDuration(d, "chunk_interval", a, "a duration such as 30ms"); err != nil {
+			return err
+		}
+	}
+	s.ChunkInterval = &durs[0]
+	if len(args) == 2 {
+		if durs[1] < durs[0] {
+			return d.Errf("chunk_interval %s %s: the second duration must not be below the first", args[0], args[1])
+		}
+		s.ChunkIntervalMax = durs[1]
 	}
 	return nil
 }

@@ -1,0 +1,14 @@
+package ratelimit
+
+// Refusal is a request turned away, in no handler's shape: each handler
+// tells the client in its own (an LLM client expects OpenAI's error JSON, a
+// desktop viewer plain text). The response headers, Retry-After among them,
+// are set by the time a handler gets one.
+type Refusal struct {
+	// Status is the HTTP status to answer with: 429.
+	Status int
+	// RetryAfter is the Retry-After header's value, in seconds.
+	RetryAfter string
+	// Message says why, for a person: which limit, and when to retry.
+	Message string
+}
