@@ -266,7 +266,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	// An EventSource that reconnects after its stream ended presents the
 	// stream's ID. A completion cannot be resumed, and starting it over would
 	// bill it again: 204 tells the EventSource to stop.
-	if format == frame.SSE && r.Header.Get("Last-Event-ID") != "" {
+	if (format == frame.SSE || format == frame.OpenAI) && r.Header.Get("Last-Event-ID") != "" {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
@@ -283,13 +283,15 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		e := asError(rec.err)
 		rec.status = e.Status
 		return h.reject(w, r, e)
-	case rec.err != nil:
-		// The framing's error signal is out (the text framing has none);
-		// breaking the response makes sure no client mistakes what it got
-		// for a complete answer. But an abort closes the socket at once,
-		// and a reset that follows the data can make the client's kernel
-		// drop what it has not read yet, the error signal included: give
-		// the client a moment first.
+	case rec.err != nil && !rec.signalled:
+		// The text framing has no error signal (and a write of another's
+		// may have failed): breaking the response makes sure no client
+		// mistakes what it got for a complete answer. A framing whose
+		// error event went out ends its body cleanly instead, as OpenAI's
+		// own API does, so that clients report the upstream's message
+		// rather than a broken connection. But an abort closes the socket
+		// at once, and a reset that follows the data can make the client's
+		// kernel drop what it has not read yet: give it a moment first.
 		linger := time.NewTimer(abortLinger)
 		select {
 		case <-r.Context().Done():
@@ -408,7 +410,7 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 			err = errShuttingDown
 		}
 		e, outcome := h.streamError(err)
-		_ = fw.Fail(e)
+		rec.signalled = fw.Fail(e) == nil
 		return outcome, err
 	}
 }

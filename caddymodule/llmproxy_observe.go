@@ -40,6 +40,9 @@ type record struct {
 	status   int
 	outcome  string
 	err      error
+	// signalled tells that the failure in err went out in the framing's
+	// own error signal, so the response can end cleanly.
+	signalled bool
 
 	firstByte  time.Duration // the upstream's first chunk
 	firstToken time.Duration // the first chunk with content

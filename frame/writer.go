@@ -46,10 +46,13 @@ type Writer struct {
 	// proxy always asks the upstream for usage, but a client that did not ask
 	// must not see a chunk with no choices, which some clients choke on.
 	IncludeUsage bool
-	// StreamID, in the sse framing, is sent as the event ID before the first
-	// event so that an EventSource that reconnects after the end presents it
-	// as Last-Event-ID and can be told to stop instead of starting over.
+	// StreamID, in the SSE framings (openai and sse), is sent as the ID of
+	// the first event, so that an EventSource that reconnects after the end
+	// presents it as Last-Event-ID and can be told to stop instead of
+	// starting over. It goes with data, never alone: fetch-based SSE
+	// clients deliver an event without data as an empty message.
 	StreamID string
+	idSent   bool
 
 	// WriteTimeout bounds how long one write may block on a client that
 	// stopped reading; SetDeadline applies it (http.ResponseController's
@@ -92,8 +95,7 @@ func (fw *Writer) Usage() []byte { return fw.usage }
 // Model is the model named by the upstream's chunks.
 func (fw *Writer) Model() string { return fw.model }
 
-// Start writes what opens the stream: the event ID in the sse framing. It
-// is safe to call more than once.
+// Start sends the response's headers. It is safe to call more than once.
 func (fw *Writer) Start() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -105,16 +107,23 @@ func (fw *Writer) start() error {
 		return nil
 	}
 	fw.started = true
-	if fw.f != SSE || fw.StreamID == "" {
-		if err := fw.flush(); err != nil {
-			return &DownstreamError{err}
-		}
-		return nil
+	if err := fw.flush(); err != nil {
+		return &DownstreamError{err}
 	}
-	b := append(fw.buf[:0], "id: "...)
+	return nil
+}
+
+// appendID starts the first event of an SSE framing with the stream's ID,
+// and tells whether it did, so that a frame that is not sent after all can
+// give the ID back with unsent.
+func (fw *Writer) appendID(b []byte) ([]byte, bool) {
+	if fw.idSent || fw.StreamID == "" || (fw.f != SSE && fw.f != OpenAI) {
+		return b, false
+	}
+	fw.idSent = true
+	b = append(b, "id: "...)
 	b = append(b, fw.StreamID...)
-	b = append(b, "\n\n"...)
-	return fw.send(b)
+	return append(b, '\n'), true
 }
 
 // Chunk writes one chunk if it carries anything for this framing, and
@@ -144,17 +153,20 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 
 	b := fw.buf[:0]
 	var err error
+	var withID bool
 	switch fw.f {
 	case OpenAI:
 		if !c.HasChoices && c.Usage != nil && !fw.IncludeUsage {
 			return nil
 		}
+		b, withID = fw.appendID(b)
 		b, err = fw.appendData(b, c.Raw)
 	case SSE, NDJSON:
 		if !c.HasDelta() {
 			return nil
 		}
 		if fw.f == SSE {
+			b, withID = fw.appendID(b)
 			b = append(b, "data: "...)
 		}
 		b = append(b, '{')
@@ -181,6 +193,9 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 	}
 	fw.buf = b
 	if err != nil {
+		if withID {
+			fw.idSent = false // the frame with it is not sent
+		}
 		return err
 	}
 	return fw.send(b)
@@ -193,7 +208,7 @@ func (fw *Writer) Done() error {
 	if err := fw.start(); err != nil {
 		return err
 	}
-	b := fw.buf[:0]
+	b, _ := fw.appendID(fw.buf[:0])
 	switch fw.f {
 	case OpenAI:
 		b = append(b, "data: [DONE]\n\n"...)
@@ -222,7 +237,7 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	if err := fw.start(); err != nil {
 		return err
 	}
-	b := fw.buf[:0]
+	b, _ := fw.appendID(fw.buf[:0])
 	switch fw.f {
 	case OpenAI:
 		b, _ = fw.appendData(b, e.MarshalBody()) // json.Marshal's output is compact
@@ -238,9 +253,12 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	return fw.send(b)
 }
 
-// Heartbeat writes a keepalive that clients ignore: an SSE comment, or an
-// empty line in NDJSON (which NDJSON readers skip). Plain text has no such
-// thing, so there it writes nothing.
+// Heartbeat writes a keepalive that clients ignore: an SSE comment line,
+// or an empty line in NDJSON (which NDJSON readers skip). Plain text has no
+// such thing, so there it writes nothing. The comment is not followed by a
+// blank line: a blank line ends an event, and fetch-based SSE clients
+// (@microsoft/fetch-event-source) deliver an ended event with no data as an
+// empty message; a comment alone is skipped by every parser.
 func (fw *Writer) Heartbeat() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -253,7 +271,7 @@ func (fw *Writer) heartbeat() error {
 	}
 	switch fw.f {
 	case OpenAI, SSE:
-		return fw.send(append(fw.buf[:0], ": keepalive\n\n"...))
+		return fw.send(append(fw.buf[:0], ": keepalive\n"...))
 	case NDJSON:
 		return fw.send(append(fw.buf[:0], '\n'))
 	}
