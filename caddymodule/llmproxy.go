@@ -498,6 +498,8 @@ func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 		return &chunk.Error{Type: chunk.TypeServer, Message: err.Error()}, outcomeUpstreamError
 	case errors.Is(err, frame.ErrContent):
 		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent content this framing cannot carry"}, outcomeUpstreamError
+	case errors.Is(err, upstream.ErrZstdWindow):
+		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent zstd with a window over 8 MiB, more than the proxy decodes"}, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrLineTooLong):
 		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent an event larger than the proxy accepts"}, outcomeUpstreamError
 	default:
