@@ -236,8 +236,13 @@ func (h *LLMProxy) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP answers one chat request.
+// ServeHTTP answers one request: a chat completion, or another endpoint of
+// the API (see route).
 func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	switch kind, path := route(r); kind {
+	case endpointResponses, endpointModels, endpointOther:
+		return h.notFound(w, r, path)
+	}
 	start := time.Now()
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
