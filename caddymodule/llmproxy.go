@@ -280,7 +280,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.reject(w, r, asError(err))
 	}
 
-	rec := &record{start: start, format: format, model: req.Model}
+	rec := &record{start: start, format: format, model: req.Model, span: recordingSpan(r)}
 	defer h.finish(r, rec)
 	rec.outcome, rec.err = h.relay(w, r, req, rec)
 	switch {
