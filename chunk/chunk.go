@@ -61,6 +61,8 @@ type Error struct {
 	Status  int    `json:"-"`
 	Message string `json:"message"`
 	Type    string `json:"type"`
+	// Param names the request field at fault, as OpenAI's errors do.
+	Param string `json:"param,omitempty"`
 	// Code is the provider's code (a string such as "rate_limit_exceeded" or
 	// null); kept raw because providers disagree on its type.
 	Code json.RawMessage `json:"code,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"unicode/utf8"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
 )
@@ -20,6 +21,14 @@ type Request struct {
 	IncludeUsage bool
 	// Model is the model the request names ("" if none).
 	Model string
+	// MaxTokens is the most completion tokens the upstream is asked for
+	// (max_tokens or max_completion_tokens, the smaller when both); 0 when
+	// the request sets no bound.
+	MaxTokens int
+	// N is how many choices the upstream is asked for: n, at least 1.
+	N int
+	// PromptChars is the characters of text in the messages (see Limits.MaxPrompt).
+	PromptChars int
 }
 
 // WithModel returns a copy of r that names another model (an upstream's
@@ -52,6 +61,15 @@ func badRequest(format string, args ...any) *chunk.Error {
 // "messages" is taken as one user message. defaultModel fills in a missing
 // model.
 func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, error) {
+	return (*Limits)(nil).FromJSON(body, forceStream, defaultModel)
+}
+
+// FromJSON is the package's FromJSON within l: a request over a limit is
+// refused, or its max_tokens lowered, in the one rewrite of the body.
+func (l *Limits) FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, error) {
+	if l == nil {
+		l = &Limits{}
+	}
 	var fields map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&fields); err != nil || fields == nil {
@@ -61,15 +79,21 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 		return nil, badRequest("request body has data after the JSON object")
 	}
 
+	req := &Request{}
 	if msgs, ok := fields["messages"]; ok {
 		var list []json.RawMessage
 		if json.Unmarshal(msgs, &list) != nil || len(list) == 0 {
 			return nil, badRequest("messages must be a non-empty array")
 		}
+		if l.MaxMessages > 0 && len(list) > l.MaxMessages {
+			return nil, tooMany("messages", "messages", len(list), l.MaxMessages)
+		}
 		for i, m := range list {
-			if !isMessage(m) {
+			chars, ok := message(m)
+			if !ok {
 				return nil, badRequest("messages[%d] must be an object with a string role", i)
 			}
+			req.PromptChars += chars
 		}
 		delete(fields, "prompt")
 	} else if p, ok := fields["prompt"]; ok {
@@ -78,12 +102,15 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 			return nil, badRequest("prompt must be a non-empty string")
 		}
 		fields["messages"] = userMessage(prompt)
+		req.PromptChars = utf8.RuneCountInString(prompt)
 		delete(fields, "prompt")
 	} else {
 		return nil, badRequest("request has neither messages nor prompt")
 	}
+	if err := l.checkPrompt(req.PromptChars); err != nil {
+		return nil, err
+	}
 
-	req := &Request{}
 	if m, ok := fields["model"]; ok && isSet(m) {
 		if json.Unmarshal(m, &req.Model) != nil {
 			return nil, badRequest("model must be a string")
@@ -92,6 +119,15 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 	if req.Model == "" && defaultModel != "" {
 		req.Model = defaultModel
 		fields["model"] = mustJSON(defaultModel)
+	}
+	if err := l.checkModel(req.Model); err != nil {
+		return nil, err
+	}
+	if err := l.capChoices(fields, req); err != nil {
+		return nil, err
+	}
+	if err := l.capTokens(fields, req); err != nil {
+		return nil, err
 	}
 
 	if s, ok := fields["stream"]; ok && isSet(s) {
@@ -125,26 +161,65 @@ func FromJSON(body []byte, forceStream bool, defaultModel string) (*Request, err
 	return req, nil
 }
 
-// isMessage tells whether m is an object with a string "role". Anything
-// else (a number, a deeply nested array) is no chat message, and is refused
-// here rather than sent to the upstream, whose parser would be the one to
-// deal with it.
-func isMessage(m json.RawMessage) bool {
+// message tells whether m is an object with a string "role", and how many
+// characters of text its content holds. Anything else (a number, a deeply
+// nested array) is no chat message, and is refused here rather than sent
+// to the upstream, whose parser would be the one to deal with it.
+func message(m json.RawMessage) (chars int, ok bool) {
 	if len(m) == 0 || m[0] != '{' {
-		return false
+		return 0, false
 	}
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(m, &fields) != nil {
-		return false
+		return 0, false
 	}
 	role := fields["role"]
-	return len(role) > 0 && role[0] == '"'
+	if len(role) == 0 || role[0] != '"' {
+		return 0, false
+	}
+	return textChars(fields["content"]), true
+}
+
+// textChars counts the characters of a message's content: a string, or
+// the text parts of an array of parts. Other parts (images, audio) are the
+// upstream's to price.
+func textChars(content json.RawMessage) int {
+	var s string
+	if json.Unmarshal(content, &s) == nil {
+		return utf8.RuneCountInString(s)
+	}
+	var parts []struct {
+		Text string `json:"text"`
+	}
+	if json.Unmarshal(content, &parts) != nil {
+		return 0
+	}
+	n := 0
+	for _, p := range parts {
+		n += utf8.RuneCountInString(p.Text)
+	}
+	return n
 }
 
 // FromPrompt builds a streamed request of one user message.
 func FromPrompt(prompt, model string) (*Request, error) {
+	return (*Limits)(nil).FromPrompt(prompt, model)
+}
+
+// FromPrompt is the package's FromPrompt within l.
+func (l *Limits) FromPrompt(prompt, model string) (*Request, error) {
+	if l == nil {
+		l = &Limits{}
+	}
 	if prompt == "" {
 		return nil, badRequest("missing prompt: pass ?prompt=<text>")
+	}
+	req := &Request{Stream: true, Model: model, PromptChars: utf8.RuneCountInString(prompt)}
+	if err := l.checkPrompt(req.PromptChars); err != nil {
+		return nil, err
+	}
+	if err := l.checkModel(model); err != nil {
+		return nil, err
 	}
 	fields := map[string]json.RawMessage{
 		"messages":       userMessage(prompt),
@@ -154,7 +229,12 @@ func FromPrompt(prompt, model string) (*Request, error) {
 	if model != "" {
 		fields["model"] = mustJSON(model)
 	}
-	return &Request{Body: mustJSON(fields), Stream: true, Model: model}, nil
+	if err := l.capTokens(fields, req); err != nil {
+		return nil, err
+	}
+	req.N = 1
+	req.Body = mustJSON(fields)
+	return req, nil
 }
 
 func userMessage(prompt string) json.RawMessage {
