@@ -135,7 +135,7 @@ func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func
 	d.SetHeaders(h, time.Now())
 	if !d.Allowed {
 		retry := h.Get("Retry-After")
-		msg := "rate limit exceeded: " + describeRate(d.Limit, d.Window) + "; retry in " + retry + "s"
+		msg := "rate limit exceeded: " + ratelimit.DescribeRate(d.Limit, d.Window, "request") + "; retry in " + retry + "s"
 		reason := "rate"
 		if d.StoreError != nil {
 			msg = "rate limit store unavailable and on_store_error is deny; retry in " + retry + "s"
@@ -180,28 +180,6 @@ func (rl *RateLimit) logRefused(r *http.Request, reason string) {
 		ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 		c.Write(zap.String("reason", reason), zap.String("client_ip", ip))
 	}
-}
-
-// describeRate says "10 requests per minute".
-func describeRate(limit int64, window time.Duration) string {
-	var unit string
-	switch window {
-	case time.Second:
-		unit = "second"
-	case time.Minute:
-		unit = "minute"
-	case time.Hour:
-		unit = "hour"
-	case 24 * time.Hour:
-		unit = "day"
-	default:
-		unit = window.String()
-	}
-	noun := "requests"
-	if limit == 1 {
-		noun = "request"
-	}
-	return strconv.FormatInt(limit, 10) + " " + noun + " per " + unit
 }
 
 // Cleanup releases this directive's hold on the pooled limiter. It is safe
