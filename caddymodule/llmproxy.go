@@ -21,6 +21,7 @@ import (
 	"github.com/llmstream/caddy-llmstream/chunk"
 	"github.com/llmstream/caddy-llmstream/frame"
 	"github.com/llmstream/caddy-llmstream/guard"
+	"github.com/llmstream/caddy-llmstream/ratelimit"
 	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
@@ -88,8 +89,37 @@ type LLMProxy struct {
 	// Default: 1 MiB.
 	MaxEventSize int `json:"max_event_size,omitempty"`
 
-	// Per-client rate limit. Refused requests never reach the upstream.
+	// Per-client rate limit, and token budget. Refused requests never
+	// reach the upstream.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// The models clients may ask for, after model fills in for a request
+	// naming none (an upstream's rename of a model comes after). A request
+	// for another is refused 404 model_not_found. Default: any.
+	Models []string `json:"models,omitempty"`
+
+	// The largest max_tokens (or max_completion_tokens) a request may ask
+	// for. A request over it is refused 400 naming the cap, or lowered to
+	// it with max_tokens_clamp; a request without one is sent with it, so
+	// that no generation is unbounded. Default: no cap.
+	MaxTokens int `json:"max_tokens,omitempty"`
+
+	// Lower a max_tokens over the cap instead of refusing the request.
+	MaxTokensClamp bool `json:"max_tokens_clamp,omitempty"`
+
+	// The most choices (n) a request may ask for. Default: 1.
+	MaxN int `json:"max_n,omitempty"`
+
+	// The most messages a request may hold. Default: no cap.
+	MaxMessages int `json:"max_messages,omitempty"`
+
+	// The most characters of text a request's messages may hold
+	// together. Default: no cap.
+	MaxPrompt int `json:"max_prompt,omitempty"`
+
+	// Lets pages of other origins call llm_proxy from a browser. Default:
+	// none, and a browser's requests from other origins are refused.
+	CORS *CORSConfig `json:"cors,omitempty"`
 
 	format       frame.Format
 	heartbeat    time.Duration
@@ -98,6 +128,9 @@ type LLMProxy struct {
 	pool         *upstream.Pool
 	poolKey      string
 	logger       *zap.Logger
+	limits       *upstream.Limits
+	cors         *guard.CORS
+	allowOrigin  func(origin string) bool // cors's allowlist, for the cross-site guard
 }
 
 // UpstreamConfig is one upstream with settings of its own.
@@ -187,6 +220,9 @@ func (h *LLMProxy) Provision(ctx caddy.Context) error {
 	if h.Retries != nil {
 		h.maxTries = *h.Retries + 1
 	}
+	if err := h.provisionGuards(); err != nil {
+		return err
+	}
 	return h.provisionPool(ctx, t)
 }
 
@@ -222,7 +258,7 @@ func (h *LLMProxy) Validate() error {
 			return fmt.Errorf("llm_proxy: durations must not be negative, got %s", time.Duration(*d))
 		}
 	}
-	return nil
+	return h.validateGuards()
 }
 
 // Cleanup lets go of the upstream pool and the rate limit.
@@ -244,12 +280,18 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.notFound(w, r, path)
 	}
 	start := time.Now()
+	if h.cors != nil {
+		if guard.IsPreflight(r) {
+			return h.preflight(w, r)
+		}
+		h.cors.SetHeaders(w.Header(), r) // on every answer: a page reads its errors too
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
 			Message: "method " + r.Method + " not allowed: use POST with a chat-completions body or GET with ?prompt="})
 	}
-	if err := guard.CrossSite(r, nil); err != nil {
+	if err := guard.CrossSite(r, h.allowOrigin); err != nil {
 		status := http.StatusForbidden
 		if errors.Is(err, guard.ErrNotJSON) {
 			status = http.StatusUnsupportedMediaType
@@ -279,12 +321,19 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	if err != nil {
 		return h.reject(w, r, asError(err))
 	}
+	tab, refused := h.RateLimit.Reserve(w, r, ratelimit.Cost{PromptChars: req.PromptChars, MaxTokens: req.MaxTokens, N: req.N})
+	if refused != nil {
+		return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
+			Message: refused.Message, RetryAfter: refused.RetryAfter})
+	}
+	defer tab.Settle()
 
 	rec := &record{start: start, format: format, model: req.Model, span: recordingSpan(r)}
 	defer h.finish(r, rec)
-	rec.outcome, rec.err = h.relay(w, r, req, rec)
+	rec.outcome, rec.err = h.relay(w, r, req, rec, tab)
 	switch {
 	case rec.outcome == outcomeRejected:
+		tab.Refund() // no upstream generated anything
 		e := asError(rec.err)
 		rec.status = e.Status
 		return h.reject(w, r, e)
@@ -311,10 +360,16 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 // relay answers req from the pool and returns the outcome with the error
 // that ended it: outcomeRejected when nothing was sent and the error is the
 // client's answer; otherwise an error means the response broke after its
-// headers went out, and its framing's error signal (if any) was sent.
-func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.Request, rec *record) (string, error) {
+// headers went out, and its framing's error signal (if any) was sent. Each
+// chunk is counted on tab, which cuts the stream once it crosses its
+// client's token budget.
+func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.Request, rec *record, tab *ratelimit.Tab) (string, error) {
 	ctx, stop := untilExit(r)
 	defer stop()
+	// A stream cut for a reason of its own (its token budget) cancels its
+	// upstream at once, and no other upstream may take over.
+	ctx, cut := context.WithCancelCause(ctx)
+	defer cut(nil)
 	run := h.pool.Attempt(rec.start, req.Model, h.maxTries, rec)
 	st, err := run.Open(ctx, req)
 	if err != nil {
@@ -328,7 +383,7 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 		run.Answered()
 		st.Commit()
 		req.Release()
-		return h.relayWhole(w, r, st, rec)
+		return h.relayWhole(w, r, st, rec, tab)
 	}
 
 	fw, done := h.startStream(w, r, req, rec)
@@ -350,6 +405,11 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 		if err == nil {
 			run.Answered()
 			rec.read(&c, run.Member())
+			if err = tab.Count(&c); err != nil {
+				cut(err)
+			}
+		}
+		if err == nil {
 			if !sent && !holding && contentFree(&c) {
 				held, holding = c, true
 				held.Raw = append([]byte(nil), c.Raw...)
@@ -456,7 +516,7 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 		if model == "" {
 			model = h.Model
 		}
-		return upstream.FromPrompt(q.Get("prompt"), model)
+		return h.limits.FromPrompt(q.Get("prompt"), model)
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.MaxBody))
 	if err != nil {
@@ -467,12 +527,19 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 		}
 		return nil, &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Message: "reading request body failed"}
 	}
-	return upstream.FromJSON(body, format != frame.OpenAI, h.Model)
+	return h.limits.FromJSON(body, format != frame.OpenAI, h.Model)
 }
 
 // relayWhole passes on a non-streamed answer, read whole and checked by
-// the upstream client before any of it goes out.
-func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record) (string, error) {
+// the upstream client before any of it goes out. Its usage is charged on
+// tab, which has nothing left to cut.
+func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record, tab *ratelimit.Tab) (string, error) {
+	if tab != nil {
+		var c chunk.Chunk
+		if upstream.ParseChunk(st.Whole(), &c) == nil {
+			_ = tab.Count(&c)
+		}
+	}
 	ct := "application/json"
 	if mt, _, _ := mime.ParseMediaType(st.Header().Get("Content-Type")); mt == "text/event-stream" {
 		ct = mt // an upstream that streamed anyway
@@ -494,7 +561,10 @@ func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstre
 // log: they name internal addresses.
 func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 	var ue *chunk.Error
+	var spent *ratelimit.Exceeded
 	switch {
+	case errors.As(err, &spent):
+		return &chunk.Error{Type: chunk.TypeRateLimit, Message: spent.Error()}, outcomeRateLimited
 	case errors.As(err, &ue):
 		return ue, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrFirstChunkTimeout), errors.Is(err, upstream.ErrIdleTimeout), errors.Is(err, upstream.ErrTotalTimeout):

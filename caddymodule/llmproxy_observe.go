@@ -31,6 +31,7 @@ const (
 	outcomeUpstreamError = "upstream_error"
 	outcomeTimeout       = "timeout"
 	outcomeRejected      = "rejected"
+	outcomeRateLimited   = "rate_limited" // cut mid-stream by its token budget
 )
 
 // record is what one request did, for its log line, the metrics and the
@@ -348,7 +349,7 @@ func init() {
 	metrics.open = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "streams_open",
 		Help: "Streams open now, by upstream."}, []string{"upstream"})
 	metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
-		Help: "Chat requests by upstream, status and outcome (completed, client_gone, upstream_error, timeout, rejected)."},
+		Help: "Chat requests by upstream, status and outcome (completed, client_gone, upstream_error, timeout, rejected, rate_limited)."},
 		[]string{"upstream", "status", "outcome"})
 	metrics.ttfb = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_to_first_chunk_seconds",
 		Help: "From the request to the upstream's first chunk.", Buckets: lat}, []string{"upstream"})

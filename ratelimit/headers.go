@@ -25,6 +25,16 @@ var (
 		reset: "X-Ratelimit-Reset-Tokens", resetDuration: true, policy: `"tokens"`}
 )
 
+// HeaderNames are the response headers a limit writes: what a page of
+// another origin must be allowed to read (CORS) to know where it stands.
+func HeaderNames() []string {
+	var hs []string
+	for _, n := range []names{requestNames, tokenNames} {
+		hs = append(hs, n.limit, n.remaining, n.reset)
+	}
+	return append(hs, "RateLimit-Policy", "RateLimit", "Retry-After")
+}
+
 // SetHeaders writes d, a request rate's decision, as response headers,
 // relative to now:
 //

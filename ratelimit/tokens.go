@@ -78,7 +78,13 @@ type Exceeded struct {
 }
 
 func (e *Exceeded) Error() string {
-	return fmt.Sprintf("token budget exceeded: %s; retry in %ds", DescribeRate(e.Limit, e.Window, "token"), ceilSeconds(e.RetryAfter))
+	return fmt.Sprintf("%s; retry in %ds", e.Limited(), ceilSeconds(e.RetryAfter))
+}
+
+// Limited says which budget was spent: "token budget exceeded: 50 tokens
+// per minute".
+func (e *Exceeded) Limited() string {
+	return "token budget exceeded: " + DescribeRate(e.Limit, e.Window, "token")
 }
 
 // HasTokens tells whether the limit has a token budget.
