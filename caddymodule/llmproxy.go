@@ -275,17 +275,17 @@ func (h *LLMProxy) Cleanup() error {
 // ServeHTTP answers one request: a chat completion, or another endpoint of
 // the API (see route).
 func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	switch kind, path := route(r); kind {
-	case endpointResponses, endpointModels, endpointOther:
-		return h.notFound(w, r, path)
-	}
-	start := time.Now()
 	if h.cors != nil {
 		if guard.IsPreflight(r) {
 			return h.preflight(w, r)
 		}
 		h.cors.SetHeaders(w.Header(), r) // on every answer: a page reads its errors too
 	}
+	switch kind, path := route(r); kind {
+	case endpointResponses, endpointModels, endpointOther:
+		return h.notFound(w, r, path)
+	}
+	start := time.Now()
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
