@@ -5,10 +5,11 @@
 // one word per chunk), so the example configuration runs with no API key and
 // tests and benchmarks get a fast upstream whose bytes they can predict.
 //
-// It serves two routes, matched by path suffix so it works under any prefix:
+// It serves these routes, matched by path suffix so it works under any prefix:
 //
 //	POST <prefix>/chat/completions  streamed (stream:true) or whole replies
 //	GET  <prefix>/models            the default model and the special names
+//	POST <prefix>/embeddings, <prefix>/completions, <prefix>/messages (see api.go)
 //
 // The requested model name picks a behaviour, so a client can provoke each
 // failure a real upstream has without a real upstream: [Models] lists them
@@ -171,9 +172,11 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Content-Type", "application/json")
 		h.Set("Content-Length", strconv.Itoa(len(s.models)))
 		w.Write(s.models)
+	case strings.HasSuffix(p, "/embeddings"), strings.HasSuffix(p, "/completions"), strings.HasSuffix(p, "/messages"):
+		s.api(w, r, p)
 	default:
 		writeError(w, http.StatusNotFound, "invalid_request_error", "",
-			"unknown path "+p+": the simulator serves .../chat/completions and .../models")
+			"unknown path "+p+": the simulator serves .../chat/completions, .../models, .../embeddings, .../completions and .../messages")
 	}
 }
 

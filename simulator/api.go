@@ -1,0 +1,59 @@
+package simulator
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// api answers the endpoints beside chat completions, each a POST:
+//
+//	<prefix>/embeddings   deterministic unit vectors (float or base64)
+//	<prefix>/completions  the legacy text completion, streamed or whole
+//	<prefix>/messages     Anthropic's Messages API, streamed as its typed
+//	                      events (message_start ... message_stop) or whole
+//
+// The model names of [Models] pick the same behaviours as for chat where
+// the endpoint has them (every one has sim-error-<status>).
+func (s *Simulator) api(w http.ResponseWriter, r *http.Request, p string) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "",
+			"method "+r.Method+" not allowed on "+p+": use POST")
+		return
+	}
+	switch {
+	case strings.HasSuffix(p, "/embeddings"):
+		s.embeddings(w, r)
+	case strings.HasSuffix(p, "/completions"):
+		s.completions(w, r)
+	default:
+		s.messages(w, r)
+	}
+}
+
+// readJSON reads a request body into v; false means the client has been
+// told what is wrong with it, by fail (status, message).
+func readJSON(r *http.Request, v any, fail func(int, string)) ([]byte, bool) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		fail(http.StatusBadRequest, "reading request body: "+err.Error())
+		return nil, false
+	}
+	if len(body) > maxBody {
+		fail(http.StatusRequestEntityTooLarge, "request body larger than "+strconv.Itoa(maxBody)+" bytes")
+		return nil, false
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		fail(http.StatusBadRequest, "invalid JSON body: "+err.Error())
+		return nil, false
+	}
+	return body, true
+}
+
+// openAIFail is readJSON's fail for the OpenAI endpoints.
+func openAIFail(w http.ResponseWriter) func(int, string) {
+	return func(status int, msg string) { writeError(w, status, "invalid_request_error", "", msg) }
+}
