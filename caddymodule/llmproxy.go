@@ -64,6 +64,11 @@ type LLMProxy struct {
 	// config loads, so the key itself never appears in the config.
 	APIKey string `json:"api_key,omitempty"`
 
+	// How the key is sent: bearer ("Authorization: Bearer <key>") or
+	// x-api-key ("x-api-key: <key>", for Anthropic-style APIs). Upstreams
+	// may set their own. Default: bearer.
+	Auth string `json:"auth,omitempty"`
+
 	// The model used when a request names none.
 	Model string `json:"model,omitempty"`
 
@@ -126,6 +131,7 @@ type LLMProxy struct {
 	writeTimeout time.Duration
 	maxTries     int // upstreams a request may try; 0: all
 	pool         *upstream.Pool
+	models       *upstream.ModelList
 	poolKey      string
 	logger       *zap.Logger
 	limits       *upstream.Limits
@@ -139,6 +145,9 @@ type UpstreamConfig struct {
 	To string `json:"to,omitempty"`
 	// This upstream's key. Default: the directive's api_key.
 	APIKey string `json:"api_key,omitempty"`
+	// How this upstream takes its key: bearer or x-api-key. Default: the
+	// directive's auth.
+	Auth string `json:"auth,omitempty"`
 	// Model renames for this upstream: a request for the key's model asks
 	// this upstream for the value's (gpt-4o -> deepseek-chat).
 	Models map[string]string `json:"models,omitempty"`

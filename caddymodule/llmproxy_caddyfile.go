@@ -36,6 +36,7 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		to <base_url>...
 //		upstream <base_url> {
 //			api_key <key>
+//			auth bearer|x-api-key
 //			model <from> <to>
 //			weight <n>
 //		}
@@ -43,6 +44,7 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		retries <n>
 //		health_check <interval>
 //		api_key <key>
+//		auth bearer|x-api-key
 //		model <name>
 //		format openai|sse|ndjson|text
 //		heartbeat <duration>
@@ -99,6 +101,8 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.HealthCheck, err = durationArg(d)
 		case "api_key":
 			h.APIKey, err = oneArg(d)
+		case "auth":
+			h.Auth, err = parsedArg(d, upstream.ParseAuth)
 		case "model":
 			h.Model, err = oneArg(d)
 		case "format":
@@ -149,7 +153,7 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}, "header_up", "upstream")
 }
 
-// parseUpstream reads `upstream <base_url> { api_key, model <from> <to>, weight }`.
+// parseUpstream reads `upstream <base_url> { api_key, auth, model <from> <to>, weight }`.
 func parseUpstream(d *caddyfile.Dispenser) (*UpstreamConfig, error) {
 	u := new(UpstreamConfig)
 	var err error
@@ -160,6 +164,8 @@ func parseUpstream(d *caddyfile.Dispenser) (*UpstreamConfig, error) {
 		switch name {
 		case "api_key":
 			u.APIKey, err = oneArg(d)
+		case "auth":
+			u.Auth, err = parsedArg(d, upstream.ParseAuth)
 		case "model":
 			var from, to string
 			if !d.Args(&from, &to) || d.NextArg() {
