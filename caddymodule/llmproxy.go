@@ -291,8 +291,12 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		h.cors.SetHeaders(w.Header(), r) // on every answer: a page reads its errors too
 	}
 	switch kind, path := route(r); kind {
-	case endpointResponses, endpointModels, endpointOther:
+	case endpointResponses:
 		return h.notFound(w, r, path)
+	case endpointModels:
+		return h.serveModels(w, r, path)
+	case endpointOther:
+		return h.servePass(w, r, path)
 	}
 	start := time.Now()
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
@@ -300,21 +304,11 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
 			Message: "method " + r.Method + " not allowed: use POST with a chat-completions body or GET with ?prompt="})
 	}
-	if err := guard.CrossSite(r, h.allowOrigin); err != nil {
-		status := http.StatusForbidden
-		if errors.Is(err, guard.ErrNotJSON) {
-			status = http.StatusUnsupportedMediaType
-		}
-		return h.reject(w, r, &chunk.Error{Status: status, Type: chunk.TypeInvalidRequest, Message: err.Error()})
+	release, denied := h.admit(w, r)
+	if denied != nil {
+		return h.reject(w, r, denied)
 	}
-	if h.RateLimit != nil {
-		release, refused := h.RateLimit.Admit(w, r)
-		if refused != nil {
-			return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
-				Message: refused.Message, RetryAfter: refused.RetryAfter})
-		}
-		defer release()
-	}
+	defer release()
 	format, err := frame.Negotiate(r.URL.Query().Get("format"), r.Header.Get("Accept"), h.format)
 	if err != nil {
 		return h.reject(w, r, &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Message: err.Error()})
@@ -348,20 +342,11 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.reject(w, r, e)
 	case rec.err != nil && !rec.signalled:
 		// The text framing has no error signal (and a write of another's
-		// may have failed): breaking the response makes sure no client
-		// mistakes what it got for a complete answer. A framing whose
+		// may have failed): the response is broken. A framing whose
 		// error event went out ends its body cleanly instead, as OpenAI's
 		// own API does, so that clients report the upstream's message
-		// rather than a broken connection. But an abort closes the socket
-		// at once, and a reset that follows the data can make the client's
-		// kernel drop what it has not read yet: give it a moment first.
-		linger := time.NewTimer(abortLinger)
-		select {
-		case <-r.Context().Done():
-		case <-linger.C:
-		}
-		linger.Stop()
-		panic(http.ErrAbortHandler)
+		// rather than a broken connection.
+		abort(r)
 	}
 	return nil
 }

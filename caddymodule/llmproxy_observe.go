@@ -38,6 +38,7 @@ const (
 // placeholders.
 type record struct {
 	start    time.Time
+	api      string // the API path of a request that is not a chat completion
 	format   frame.Format
 	model    string
 	upstream *upstream.Member // the one streaming
@@ -201,6 +202,7 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 		return
 	}
 	fields := []zap.Field{
+		zap.String("api", orDefault(rec.api, "chat/completions")),
 		zap.String("upstream", name),
 		zap.String("model", rec.model),
 		zap.String("format", rec.format.String()),

@@ -163,7 +163,7 @@ func (c *Client) Pass(parent context.Context, p *PassRequest) (*Answer, error) {
 	if err != nil {
 		if bodyErr != nil && bodyErr.err != nil {
 			s.Close()
-			return nil, bodyError(bodyErr.err)
+			return nil, BodyError(bodyErr.err)
 		}
 		err = s.failure(parent, "upstream unreachable")
 		s.Close()
@@ -242,8 +242,9 @@ func (b *sentBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// bodyError is the client's answer when its own body could not be read.
-func bodyError(err error) error {
+// BodyError is the client's answer when its own body could not be read:
+// 413 past max_body (an http.MaxBytesError), else 400.
+func BodyError(err error) error {
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
 		return &chunk.Error{Status: http.StatusRequestEntityTooLarge, Type: chunk.TypeInvalidRequest,
