@@ -334,21 +334,10 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	rec := &record{start: start, format: format, model: req.Model, span: recordingSpan(r)}
 	defer h.finish(r, rec)
 	rec.outcome, rec.err = h.relay(w, r, req, rec, tab)
-	switch {
-	case rec.outcome == outcomeRejected:
+	if rec.outcome == outcomeRejected {
 		tab.Refund() // no upstream generated anything
-		e := asError(rec.err)
-		rec.status = e.Status
-		return h.reject(w, r, e)
-	case rec.err != nil && !rec.signalled:
-		// The text framing has no error signal (and a write of another's
-		// may have failed): the response is broken. A framing whose
-		// error event went out ends its body cleanly instead, as OpenAI's
-		// own API does, so that clients report the upstream's message
-		// rather than a broken connection.
-		abort(r)
 	}
-	return nil
+	return h.conclude(w, r, rec)
 }
 
 // relay answers req from the pool and returns the outcome with the error

@@ -3,6 +3,8 @@ package caddymodule
 import (
 	"errors"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
@@ -29,6 +31,35 @@ func (h *LLMProxy) admit(w http.ResponseWriter, r *http.Request) (release func()
 		return release, nil
 	}
 	return noRelease, nil
+}
+
+// admitAPI is admit for an endpoint beside chat: a method other than
+// methods is refused first, in OpenAI's shape and with Allow.
+func (h *LLMProxy) admitAPI(w http.ResponseWriter, r *http.Request, api string, methods ...string) (release func(), refused *chunk.Error) {
+	if !slices.Contains(methods, r.Method) {
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		return noRelease, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
+			Message: "method " + r.Method + " not allowed on /v1/" + api + ": use " + methods[0]}
+	}
+	return h.admit(w, r)
+}
+
+// conclude ends a request by its record: a rejection is answered, and a
+// response that broke without its framing's error signal (the text
+// framing has none, and a write of another's may have failed) is aborted.
+// One whose error event went out ends its body cleanly instead, as
+// OpenAI's own API does, so that clients report the upstream's message
+// rather than a broken connection.
+func (h *LLMProxy) conclude(w http.ResponseWriter, r *http.Request, rec *record) error {
+	switch {
+	case rec.outcome == outcomeRejected:
+		e := asError(rec.err)
+		rec.status = e.Status
+		return h.reject(w, r, e)
+	case rec.err != nil && !rec.signalled:
+		abort(r)
+	}
+	return nil
 }
 
 // abort breaks a response whose failure has no signal of its own, so that

@@ -19,12 +19,7 @@ func (h *LLMProxy) allowsModel(model string) bool { return true }
 // merged from every upstream, under the names clients ask for, filtered by
 // allowsModel, kept for a minute.
 func (h *LLMProxy) serveModels(w http.ResponseWriter, r *http.Request, api string) error {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
-			Message: "method " + r.Method + " not allowed on /v1/" + api + ": use GET"})
-	}
-	release, refused := h.admit(w, r)
+	release, refused := h.admitAPI(w, r, api, http.MethodGet, http.MethodHead)
 	if refused != nil {
 		return h.reject(w, r, refused)
 	}

@@ -45,12 +45,7 @@ func (h *LLMProxy) servePass(w http.ResponseWriter, r *http.Request, api string)
 	if !passPaths[api] {
 		return h.notFound(w, r, api)
 	}
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
-			Message: "method " + r.Method + " not allowed on /v1/" + api + ": use POST"})
-	}
-	release, refused := h.admit(w, r)
+	release, refused := h.admitAPI(w, r, api, http.MethodPost)
 	if refused != nil {
 		return h.reject(w, r, refused)
 	}
@@ -71,15 +66,7 @@ func (h *LLMProxy) servePass(w http.ResponseWriter, r *http.Request, api string)
 	} else {
 		rec.outcome, rec.err = outcomeRejected, err
 	}
-	switch {
-	case rec.outcome == outcomeRejected:
-		e := asError(rec.err)
-		rec.status = e.Status
-		return h.reject(w, r, e)
-	case rec.err != nil && !rec.signalled:
-		abort(r)
-	}
-	return nil
+	return h.conclude(w, r, rec)
 }
 
 // passRequest reads the client's request into one for the upstream: a

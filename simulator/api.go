@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // api answers the endpoints beside chat completions, each a POST:
@@ -56,4 +57,52 @@ func readJSON(r *http.Request, v any, fail func(int, string)) ([]byte, bool) {
 // openAIFail is readJSON's fail for the OpenAI endpoints.
 func openAIFail(w http.ResponseWriter) func(int, string) {
 	return func(status int, msg string) { writeError(w, status, "invalid_request_error", "", msg) }
+}
+
+// fault plays the failure of a streamed reply once its content went out,
+// errorSE being this API's error event and garbageSE what it cannot parse.
+// It tells whether the stream ended.
+func (e *events) fault(rp *reply, p *pacer, errorSE, garbageSE string) bool {
+	switch rp.kind {
+	case errorEvent:
+		e.raw(errorSE)
+	case reset:
+		panic(http.ErrAbortHandler)
+	case stall:
+		<-p.done
+	case garbage:
+		e.raw(garbageSE)
+	default:
+		return false
+	}
+	return true
+}
+
+// whole answers a request that did not stream, after as long as streaming
+// the same reply would have taken: body() is the reply, failed writes the
+// sim-error-event answer, and sim-stall-first and sim-reset do as for chat.
+func whole(w http.ResponseWriter, r *http.Request, rp *reply, failed func(), body func() []byte) {
+	p := pacer{done: r.Context().Done()}
+	defer p.stop()
+	switch rp.kind {
+	case stallFirst:
+		<-p.done
+		return
+	case errorEvent:
+		failed()
+		return
+	}
+	if !p.wait((rp.interval + rp.jitter/2) * time.Duration(rp.generated())) {
+		return
+	}
+	b := body()
+	if rp.kind == reset {
+		w.Write(b[:len(b)/2])
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.Write(b)
 }

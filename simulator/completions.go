@@ -3,9 +3,7 @@ package simulator
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"strings"
-	"time"
 )
 
 type completionRequest struct {
@@ -124,19 +122,7 @@ func (s *Simulator) streamCompletion(w http.ResponseWriter, r *http.Request, rp 
 			return
 		}
 	}
-	switch rp.kind {
-	case errorEvent:
-		e.raw(errorEventSE)
-		return
-	case reset:
-		panic(http.ErrAbortHandler)
-	case stall:
-		<-p.done
-		return
-	case garbage:
-		if e.raw(garbageSE) {
-			e.raw(doneSE)
-		}
+	if e.fault(rp, &p, errorEventSE, garbageSE+doneSE) {
 		return
 	}
 	if !chunk(-1, rp.finish) {
@@ -157,34 +143,16 @@ func (s *Simulator) streamCompletion(w http.ResponseWriter, r *http.Request, rp 
 }
 
 func (s *Simulator) wholeCompletion(w http.ResponseWriter, r *http.Request, rp *reply) {
-	p := pacer{done: r.Context().Done()}
-	defer p.stop()
-	switch rp.kind {
-	case stallFirst:
-		<-p.done
-		return
-	case errorEvent:
+	whole(w, r, rp, func() {
 		writeError(w, http.StatusInternalServerError, "server_error", "", "simulated upstream error")
-		return
-	}
-	if !p.wait((rp.interval + rp.jitter/2) * time.Duration(rp.generated())) {
-		return
-	}
-	b := rp.appendCompletion(make([]byte, 0, 256+16*rp.content))
-	for i := 0; i < rp.content; i++ {
-		b = rp.appendContent(b, i)
-	}
-	b = endCompletion(b, rp.finish)
-	b = append(b, `,"usage":`...)
-	b = rp.appendUsage(b)
-	b = append(b, "}\n"...)
-	if rp.kind == reset {
-		w.Write(b[:len(b)/2])
-		http.NewResponseController(w).Flush()
-		panic(http.ErrAbortHandler)
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	w.Write(b)
+	}, func() []byte {
+		b := rp.appendCompletion(make([]byte, 0, 256+16*rp.content))
+		for i := 0; i < rp.content; i++ {
+			b = rp.appendContent(b, i)
+		}
+		b = endCompletion(b, rp.finish)
+		b = append(b, `,"usage":`...)
+		b = rp.appendUsage(b)
+		return append(b, "}\n"...)
+	})
 }

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 )
 
 type messagesRequest struct {
@@ -243,17 +242,7 @@ func (s *Simulator) streamMessage(w http.ResponseWriter, r *http.Request, rp *re
 			}
 		}
 	}
-	switch rp.kind {
-	case errorEvent:
-		e.raw(messageErrorSE)
-		return
-	case reset:
-		panic(http.ErrAbortHandler)
-	case stall:
-		<-p.done
-		return
-	case garbage:
-		e.raw(messageGarbage)
+	if e.fault(rp, &p, messageErrorSE, messageGarbage) {
 		return
 	}
 	if rp.kind != tools && !e.blockStop(index) {
@@ -274,50 +263,32 @@ func (s *Simulator) streamMessage(w http.ResponseWriter, r *http.Request, rp *re
 }
 
 func (s *Simulator) wholeMessage(w http.ResponseWriter, r *http.Request, rp *reply) {
-	p := pacer{done: r.Context().Done()}
-	defer p.stop()
-	switch rp.kind {
-	case stallFirst:
-		<-p.done
-		return
-	case errorEvent:
+	whole(w, r, rp, func() {
 		anthropicError(w, 529, "overloaded_error", "simulated upstream error")
-		return
-	}
-	if !p.wait((rp.interval + rp.jitter/2) * time.Duration(rp.generated())) {
-		return
-	}
-	b := rp.appendMessage(make([]byte, 0, 256+16*rp.content))
-	b = append(b, '[')
-	switch rp.kind {
-	case tools:
-		b = append(b, toolUseWhole...)
-	case reasoning:
-		b = append(b, `{"type":"thinking","thinking":"`...)
-		for _, piece := range reasoningPieces {
-			b = appendJSONText(b, piece)
+	}, func() []byte {
+		b := rp.appendMessage(make([]byte, 0, 256+16*rp.content))
+		b = append(b, '[')
+		switch rp.kind {
+		case tools:
+			b = append(b, toolUseWhole...)
+		case reasoning:
+			b = append(b, `{"type":"thinking","thinking":"`...)
+			for _, piece := range reasoningPieces {
+				b = appendJSONText(b, piece)
+			}
+			b = append(b, `","signature":"`+simSignature+`"},`...)
+			fallthrough
+		default:
+			b = append(b, `{"type":"text","text":"`...)
+			for i := 0; i < rp.content; i++ {
+				b = rp.appendContent(b, i)
+			}
+			b = append(b, `"}`...)
 		}
-		b = append(b, `","signature":"`+simSignature+`"},`...)
-		fallthrough
-	default:
-		b = append(b, `{"type":"text","text":"`...)
-		for i := 0; i < rp.content; i++ {
-			b = rp.appendContent(b, i)
-		}
-		b = append(b, `"}`...)
-	}
-	b = append(b, `],"stop_reason":"`...)
-	b = append(b, rp.finish...)
-	b = append(b, `","stop_sequence":null,"usage":`...)
-	b = appendMessageUsage(b, rp.prompt, rp.generated())
-	b = append(b, "}\n"...)
-	if rp.kind == reset {
-		w.Write(b[:len(b)/2])
-		http.NewResponseController(w).Flush()
-		panic(http.ErrAbortHandler)
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	w.Write(b)
+		b = append(b, `],"stop_reason":"`...)
+		b = append(b, rp.finish...)
+		b = append(b, `","stop_sequence":null,"usage":`...)
+		b = appendMessageUsage(b, rp.prompt, rp.generated())
+		return append(b, "}\n"...)
+	})
 }
