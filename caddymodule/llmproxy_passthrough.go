@@ -151,11 +151,23 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 	w.WriteHeader(ans.Status)
 	rec.status = ans.Status
 	rc := http.NewResponseController(w)
-	deadline := func() {}
+	timed := false // each write bounded by a deadline of ours
 	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {
 		defer iw.Override(h.writeTimeout, 0, 0)() // as startStream does
-	} else if h.writeTimeout > 0 {
-		deadline = func() { _ = rc.SetWriteDeadline(time.Now().Add(h.writeTimeout)) }
+	} else {
+		timed = h.writeTimeout > 0
+	}
+	send := func(b []byte) error {
+		if timed && rc.SetWriteDeadline(time.Now().Add(h.writeTimeout)) == nil {
+			defer rc.SetWriteDeadline(time.Time{})
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+		return nil
 	}
 
 	buf := make([]byte, 32<<10)
@@ -163,11 +175,7 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 	for {
 		n, err := ans.Read(buf)
 		if n > 0 {
-			deadline()
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return outcomeClientGone, nil
-			}
-			if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
+			if send(buf[:n]) != nil {
 				return outcomeClientGone, nil
 			}
 			rec.chunks++
@@ -189,27 +197,20 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 			}
 			e, outcome := h.streamError(err)
 			if events && (rec.bytes == 0 || last == [2]byte{'\n', '\n'}) {
-				deadline()
-				rec.signalled = passErrorEvent(w, rc, req.Path, e) == nil
+				rec.signalled = send(passErrorEvent(req.Path, e)) == nil
 			}
 			return outcome, err
 		}
 	}
 }
 
-// passErrorEvent tells an event stream's client that it broke, in the
-// API's own error event: Anthropic's `event: error` for messages, OpenAI's
-// `data: {"error":...}` for the others.
-func passErrorEvent(w http.ResponseWriter, rc *http.ResponseController, api string, e *chunk.Error) error {
-	var b []byte
+// passErrorEvent is the event that tells an event stream's client that it
+// broke, in the API's own form: Anthropic's `event: error` for messages,
+// OpenAI's `data: {"error":...}` for the others.
+func passErrorEvent(api string, e *chunk.Error) []byte {
 	if api == "messages" {
-		b, _ = json.Marshal(map[string]any{"type": "error", "error": map[string]string{"type": "api_error", "message": e.Message}})
-		b = append(append([]byte("event: error\ndata: "), b...), "\n\n"...)
-	} else {
-		b = append(append([]byte("data: "), e.MarshalBody()...), "\n\n"...)
+		b, _ := json.Marshal(map[string]any{"type": "error", "error": map[string]string{"type": "api_error", "message": e.Message}})
+		return append(append([]byte("event: error\ndata: "), b...), "\n\n"...)
 	}
-	if _, err := w.Write(b); err != nil {
-		return err
-	}
-	return rc.Flush()
+	return append(append([]byte("data: "), e.MarshalBody()...), "\n\n"...)
 }
