@@ -59,6 +59,21 @@ func openAIFail(w http.ResponseWriter) func(int, string) {
 	return func(status int, msg string) { writeError(w, status, "invalid_request_error", "", msg) }
 }
 
+// startEvents sends an event stream's headers and returns its writer and
+// pacer (the caller stops it), or nil when the client is gone already.
+func startEvents(w http.ResponseWriter, r *http.Request) (*events, *pacer) {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	p := &pacer{done: r.Context().Done()}
+	e := &events{w: w, rc: http.NewResponseController(w), buf: make([]byte, 0, 512)}
+	if !e.flush() {
+		return nil, p
+	}
+	return e, p
+}
+
 // fault plays the failure of a streamed reply once its content went out,
 // errorSE being this API's error event and garbageSE what it cannot parse.
 // It tells whether the stream ended.

@@ -94,14 +94,9 @@ func endCompletion(b []byte, finish string) []byte {
 }
 
 func (s *Simulator) streamCompletion(w http.ResponseWriter, r *http.Request, rp *reply) {
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	p := pacer{done: r.Context().Done()}
+	e, p := startEvents(w, r)
 	defer p.stop()
-	e := &events{w: w, rc: http.NewResponseController(w), buf: make([]byte, 0, 512)}
-	if !e.flush() {
+	if e == nil {
 		return
 	}
 	if rp.kind == stallFirst {
@@ -122,7 +117,7 @@ func (s *Simulator) streamCompletion(w http.ResponseWriter, r *http.Request, rp 
 			return
 		}
 	}
-	if e.fault(rp, &p, errorEventSE, garbageSE+doneSE) {
+	if e.fault(rp, p, errorEventSE, garbageSE+doneSE) {
 		return
 	}
 	if !chunk(-1, rp.finish) {

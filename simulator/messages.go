@@ -181,16 +181,12 @@ func (e messageEvents) blockStop(index int) bool {
 }
 
 func (s *Simulator) streamMessage(w http.ResponseWriter, r *http.Request, rp *reply) {
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	p := pacer{done: r.Context().Done()}
+	ev, p := startEvents(w, r)
 	defer p.stop()
-	e := messageEvents{&events{w: w, rc: http.NewResponseController(w), buf: make([]byte, 0, 512)}}
-	if !e.flush() {
+	if ev == nil {
 		return
 	}
+	e := messageEvents{ev}
 	if rp.kind == stallFirst {
 		<-p.done
 		return
@@ -242,7 +238,7 @@ func (s *Simulator) streamMessage(w http.ResponseWriter, r *http.Request, rp *re
 			}
 		}
 	}
-	if e.fault(rp, &p, messageErrorSE, messageGarbage) {
+	if e.fault(rp, p, messageErrorSE, messageGarbage) {
 		return
 	}
 	if rp.kind != tools && !e.blockStop(index) {
