@@ -131,7 +131,7 @@ type LLMProxy struct {
 	writeTimeout time.Duration
 	maxTries     int // upstreams a request may try; 0: all
 	pool         *upstream.Pool
-	models       *upstream.ModelList
+	modelList    *upstream.ModelList // the pool's /v1/models
 	poolKey      string
 	logger       *zap.Logger
 	limits       *upstream.Limits

@@ -10,9 +10,9 @@ import (
 	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
-// allowsModel tells whether clients may see and ask for model: the hook of
-// the `models` allowlist. Every model is allowed until it exists.
-func (h *LLMProxy) allowsModel(model string) bool { return true }
+// allowsModel tells whether clients may see and ask for model: the
+// `models` allowlist, when there is one.
+func (h *LLMProxy) allowsModel(model string) bool { return h.limits.CheckModel(model) == nil }
 
 // serveModels answers GET /v1/models, the pool's models in OpenAI's list
 // shape, and GET /v1/models/{id}, one of them (see upstream.ModelList):
@@ -27,7 +27,7 @@ func (h *LLMProxy) serveModels(w http.ResponseWriter, r *http.Request, api strin
 
 	rec := &record{start: time.Now(), api: api}
 	defer h.finish(r, rec)
-	list, err := h.models.Get(r.Context(), rec.start)
+	list, err := h.modelList.Get(r.Context(), rec.start)
 	if err != nil {
 		if r.Context().Err() != nil {
 			rec.outcome = outcomeClientGone

@@ -236,7 +236,7 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 // prompt or the output: traces often go where the conversation must not.
 func (rec *record) traced(m *upstream.Member, requested, finishReason string, hasUsage bool, in, out int64) {
 	attrs := make([]attribute.KeyValue, 0, 10)
-	attrs = append(attrs, attribute.String("gen_ai.operation.name", "chat"))
+	attrs = append(attrs, attribute.String("gen_ai.operation.name", genAIOperation(rec.api)))
 	if m != nil {
 		attrs = append(attrs, attribute.String("gen_ai.provider.name", genAIProvider(m.BaseURL)))
 		if to, ok := m.Models[requested]; ok {

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
+	"github.com/llmstream/caddy-llmstream/ratelimit"
 	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
@@ -51,22 +52,53 @@ func (h *LLMProxy) servePass(w http.ResponseWriter, r *http.Request, api string)
 	}
 	defer release()
 
-	rec := &record{start: time.Now(), api: api}
+	rec := &record{start: time.Now(), api: api, span: recordingSpan(r)}
 	defer h.finish(r, rec)
 	req, err := h.passRequest(r, api)
 	if err == nil {
 		rec.model = req.Model
-		if req.Model != "" && !h.allowsModel(req.Model) {
-			err = &chunk.Error{Status: http.StatusNotFound, Type: chunk.TypeInvalidRequest,
-				Code: json.RawMessage(`"model_not_found"`), Message: "the model " + req.Model + " does not exist or is not served here"}
-		}
+		err = h.checkPassModel(req)
 	}
-	if err == nil {
-		rec.outcome, rec.err = h.relayPass(w, r, req, rec)
-	} else {
+	if err != nil {
 		rec.outcome, rec.err = outcomeRejected, err
+		return h.conclude(w, r, rec)
 	}
+	// The token budget is a gate here: a client that spent it is refused,
+	// but what these paths use is not counted (their usage is not read).
+	tab, spent := h.RateLimit.Reserve(w, r, ratelimit.Cost{MaxTokens: 1})
+	if spent != nil {
+		rec.outcome, rec.err = outcomeRejected, &chunk.Error{Status: spent.Status, Type: chunk.TypeRateLimit,
+			Message: spent.Message, RetryAfter: spent.RetryAfter}
+		return h.conclude(w, r, rec)
+	}
+	defer tab.Settle()
+	rec.outcome, rec.err = h.relayPass(w, r, req, rec)
 	return h.conclude(w, r, rec)
+}
+
+// checkPassModel holds a request to the models allowlist, when there is
+// one: it must name an allowed model where the proxy can read it, in a
+// JSON body or a multipart form held whole.
+func (h *LLMProxy) checkPassModel(req *upstream.PassRequest) error {
+	if len(h.Models) > 0 && req.BodyReader != nil {
+		return &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Param: "model",
+			Message: "this endpoint serves only some models, and the model of a body over 1 MiB cannot be checked before it is sent"}
+	}
+	return h.limits.CheckModel(req.Model)
+}
+
+// genAIOperation is the GenAI semantic conventions' operation name for
+// the API path of a request ("" for chat completions).
+func genAIOperation(api string) string {
+	switch api {
+	case "", "messages":
+		return "chat"
+	case "completions":
+		return "text_completion"
+	case "embeddings":
+		return "embeddings"
+	}
+	return api
 }
 
 // passRequest reads the client's request into one for the upstream: a

@@ -173,3 +173,79 @@ func TestPassThroughStreamBreaks(t *testing.T) {
 		}
 	}
 }
+
+// TestModelsAllowlist checks that the models allowlist filters the list
+// and holds the pass-through paths to it, as it holds chat.
+func TestModelsAllowlist(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/models" {
+			io.WriteString(w, `{"data":[{"id":"gpt-4o"},{"id":"text-embedding-3-small"},{"id":"o3"}]}`)
+			return
+		}
+		io.WriteString(w, `{"data":[]}`)
+	}))
+	defer up.Close()
+	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+"/v1 {\n\tmodels gpt-4o text-embedding-3-small\n}"))
+
+	_, body := call(t, srv, "GET", "/v1/models", "")
+	if !strings.Contains(body, `"gpt-4o"`) || !strings.Contains(body, "text-embedding-3-small") || strings.Contains(body, "o3") {
+		t.Errorf("list %s", body)
+	}
+	resp, body := call(t, srv, "GET", "/v1/models/o3", "")
+	wantOpenAIError(t, resp, body, 404, "invalid_request_error")
+	resp, _ = call(t, srv, "POST", "/v1/embeddings", `{"model":"text-embedding-3-small","input":"x"}`, "Content-Type", "application/json")
+	if resp.StatusCode != 200 {
+		t.Errorf("allowed model: %d", resp.StatusCode)
+	}
+	resp, body = call(t, srv, "POST", "/v1/embeddings", `{"model":"text-embedding-3-large","input":"x"}`, "Content-Type", "application/json")
+	wantOpenAIError(t, resp, body, 404, "invalid_request_error")
+	if !strings.Contains(body, "model_not_found") {
+		t.Errorf("refusal %s", body)
+	}
+	resp, body = call(t, srv, "POST", "/v1/moderations", `{"input":"x"}`, "Content-Type", "application/json")
+	wantOpenAIError(t, resp, body, 400, "invalid_request_error")
+}
+
+// TestPassThroughTokenBudget checks that a client whose token budget is
+// spent is refused on these paths too.
+func TestPassThroughTokenBudget(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"a b c d e f"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":20}}`+"\n\ndata: [DONE]\n\n")
+	}))
+	defer up.Close()
+	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+"/v1 {\n\trate_limit 100-M {\n\t\ttokens 10-M\n\t}\n}"))
+	if resp, _ := call(t, srv, "POST", "/v1/embeddings", `{"input":"x"}`); resp.StatusCode != 200 {
+		t.Fatalf("before the budget is spent: %d", resp.StatusCode)
+	}
+	call(t, srv, "GET", "/chat?prompt=hi", "") // spends it: 25 tokens reported
+	resp, body := call(t, srv, "POST", "/v1/embeddings", `{"input":"x"}`)
+	wantOpenAIError(t, resp, body, 429, "rate_limit_exceeded")
+}
+
+// TestPassThroughTrace checks that a pass-through request's span names its
+// operation and model.
+func TestPassThroughTrace(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"data":[]}`)
+	}))
+	defer up.Close()
+	h := provisionProxy(t, "llm_proxy "+up.URL+"/v1")
+	srv, spans := traced(t, h)
+	resp, err := http.Post(srv.URL+"/v1/embeddings", "application/json", strings.NewReader(`{"model":"text-embedding-3-small","input":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ended := spans.Ended()
+	if len(ended) != 1 {
+		t.Fatalf("%d spans", len(ended))
+	}
+	got := map[string]string{}
+	for _, kv := range ended[0].Attributes() {
+		got[string(kv.Key)] = kv.Value.Emit()
+	}
+	if got["gen_ai.operation.name"] != "embeddings" || got["gen_ai.request.model"] != "text-embedding-3-small" {
+		t.Errorf("attributes %v", got)
+	}
+}

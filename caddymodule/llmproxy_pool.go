@@ -125,7 +125,7 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 	if err != nil {
 		return err
 	}
-	h.pool, h.models = val.(*pooledUpstreams).pool, val.(*pooledUpstreams).models
+	h.pool, h.modelList = val.(*pooledUpstreams).pool, val.(*pooledUpstreams).models
 	return nil
 }
 

@@ -278,6 +278,15 @@ func BodyModel(body []byte) string {
 	return v.Model
 }
 
+// CheckModel refuses a model that the models allowlist does not hold, as
+// a chat request naming it is refused (404 model_not_found; 400 for none).
+func (l *Limits) CheckModel(model string) error {
+	if l == nil {
+		return nil
+	}
+	return l.checkModel(model)
+}
+
 // Pass sends p to this member, renaming the model if it says so, and
 // counts the answer as open until it is closed.
 func (m *Member) Pass(ctx context.Context, p *PassRequest) (*Answer, error) {
