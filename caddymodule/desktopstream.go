@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -255,18 +254,11 @@ func plainError(w http.ResponseWriter, status int, msg string) error {
 }
 
 // fromLoopback tells whether the direct peer is on the loopback interface,
-// and so is the client Caddy resolved through trusted_proxies, if any: a
-// local proxy in front must not make every client local.
+// and so is the client it forwards for, if the server's trusted_proxies
+// trust it (see clientAddr): a local proxy in front must not make every
+// client local, nor a client that writes 127.0.0.1 into X-Forwarded-For.
 func fromLoopback(r *http.Request) bool {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil || !ap.Addr().Unmap().IsLoopback() {
-		return false
-	}
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-		a, err := netip.ParseAddr(ip)
-		return err == nil && a.Unmap().IsLoopback()
-	}
-	return true
+	return remoteAddr(r).IsLoopback() && clientAddr(r).IsLoopback()
 }
 
 func (ds *DesktopStream) serveViewer(w http.ResponseWriter) error {
