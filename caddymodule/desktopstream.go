@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/llmstream/caddy-llmstream/capture"
+	"github.com/llmstream/caddy-llmstream/guard"
 	"github.com/llmstream/caddy-llmstream/web"
 )
 
@@ -33,8 +33,8 @@ func init() {
 // All viewers of the same display with the same fps, quality and max_width
 // share one capture-and-encode loop, which runs only while someone watches
 // and survives config reloads. Without allow_remote only loopback clients
-// are served; to serve others, put basic_auth (or another authentication) in
-// front.
+// asking for a loopback name (or one of allowed_hosts) are served; to serve
+// others, put basic_auth (or another authentication) in front.
 type DesktopStream struct {
 	// Display is the index of the display to capture, 0 for the primary
 	// one. Default: 0.
@@ -60,6 +60,14 @@ type DesktopStream struct {
 	// AllowRemote serves clients that are not on the loopback interface.
 	// Without it they get 403. Default: false.
 	AllowRemote bool `json:"allow_remote,omitempty"`
+
+	// AllowedHosts are host names, without port, that requests may name in
+	// their Host besides loopback's (localhost, 127.0.0.0/8, [::1]), with
+	// any port. Without allow_remote, any other Host gets 403, so that a
+	// web page that DNS rebinding points at 127.0.0.1 cannot read the
+	// screen; with allow_remote it does not apply and may not be set.
+	// Default: none.
+	AllowedHosts []string `json:"allowed_hosts,omitempty"`
 
 	// Per-client rate limit, checked after the access checks. Snapshots
 	// and the viewer page count too.
@@ -183,6 +191,9 @@ func (ds *DesktopStream) Validate() error {
 			return fmt.Errorf("%s %d out of range %d-%d", c.name, c.v, c.lo, c.hi)
 		}
 	}
+	if ds.AllowRemote && len(ds.AllowedHosts) > 0 {
+		return errors.New("allowed_hosts applies only without allow_remote")
+	}
 	if n, err := countDisplays(); err == nil && ds.Display >= n {
 		return fmt.Errorf("display %d does not exist: there are %d", ds.Display, n)
 	}
@@ -219,8 +230,13 @@ func (ds *DesktopStream) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 		h.Set("Allow", "GET, HEAD")
 		return plainError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed")
 	}
-	if !ds.AllowRemote && !fromLoopback(r) {
-		return plainError(w, http.StatusForbidden, "only loopback clients are served (see allow_remote)")
+	if !ds.AllowRemote {
+		if !fromLoopback(r) {
+			return plainError(w, http.StatusForbidden, "only loopback clients are served (see allow_remote)")
+		}
+		if !guard.LoopbackHost(r.Host, ds.AllowedHosts) {
+			return plainError(w, http.StatusForbidden, fmt.Sprintf("host %q is not a loopback name (see allowed_hosts)", r.Host))
+		}
 	}
 	if ds.RateLimit != nil {
 		release, refused := ds.RateLimit.Admit(w, r)
@@ -255,18 +271,11 @@ func plainError(w http.ResponseWriter, status int, msg string) error {
 }
 
 // fromLoopback tells whether the direct peer is on the loopback interface,
-// and so is the client Caddy resolved through trusted_proxies, if any: a
-// local proxy in front must not make every client local.
+// and so is the client it forwards for, if the server's trusted_proxies
+// trust it (see clientAddr): a local proxy in front must not make every
+// client local, nor a client that writes 127.0.0.1 into X-Forwarded-For.
 func fromLoopback(r *http.Request) bool {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil || !ap.Addr().Unmap().IsLoopback() {
-		return false
-	}
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-		a, err := netip.ParseAddr(ip)
-		return err == nil && a.Unmap().IsLoopback()
-	}
-	return true
+	return remoteAddr(r).IsLoopback() && clientAddr(r).IsLoopback()
 }
 
 func (ds *DesktopStream) serveViewer(w http.ResponseWriter) error {

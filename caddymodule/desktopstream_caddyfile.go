@@ -1,6 +1,9 @@
 package caddymodule
 
 import (
+	"net/netip"
+	"strings"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -30,13 +33,15 @@ func parseDesktopStream(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, er
 //		max_width    <pixels>
 //		max_viewers  <n>
 //		allow_remote
+//		allowed_hosts <name>...
 //		rate_limit   <rate> [{ ... }]
 //	}
 //
 // Every subdirective is optional and may appear once. The block may be
 // omitted: display 0, 10 fps, quality 70, native size, no viewer cap,
-// loopback clients only, no rate limit. rate_limit is llm_proxy's, block
-// and all.
+// loopback clients asking for a loopback name only, no rate limit.
+// allowed_hosts adds names to loopback's, without allow_remote only.
+// rate_limit is llm_proxy's, block and all.
 func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if err := noArgs(d); err != nil {
@@ -56,6 +61,8 @@ func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			ds.MaxViewers, err = intArg(d, 1, 1<<20)
 		case "allow_remote":
 			ds.AllowRemote, err = true, noArgs(d)
+		case "allowed_hosts":
+			ds.AllowedHosts, err = hostsArg(d)
 		case "rate_limit":
 			ds.RateLimit, err = parseRateLimit(d)
 		default:
@@ -63,6 +70,27 @@ func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		return err
 	})
+}
+
+// hostsArg reads one or more host names without port or scheme.
+func hostsArg(d *caddyfile.Dispenser) ([]string, error) {
+	name := d.Val()
+	hosts := d.RemainingArgs()
+	if len(hosts) == 0 {
+		return nil, d.ArgErr()
+	}
+	for _, h := range hosts {
+		if h == "" || strings.ContainsAny(h, "/:@ ") && !isIPv6(h) {
+			return nil, badArg(d, name, h, "a host name without scheme or port, such as desktop.lan")
+		}
+	}
+	return hosts, nil
+}
+
+// isIPv6 tells an IPv6 address, bracketed or not, from a host with a port.
+func isIPv6(h string) bool {
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
+	return err == nil && a.Is6()
 }
 
 // Interface guard

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"image/jpeg"
@@ -43,6 +44,9 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 			max_viewers 3
 			allow_remote
 		}`, want: DesktopStream{Display: 1, FPS: 25, Quality: 85, MaxWidth: 1280, MaxViewers: 3, AllowRemote: true}},
+		{name: "allowed_hosts", in: `desktop_stream {
+			allowed_hosts desktop.lan Screen.Example 192.0.2.7 [2001:db8::7] 2001:db8::8
+		}`, want: DesktopStream{AllowedHosts: []string{"desktop.lan", "Screen.Example", "192.0.2.7", "[2001:db8::7]", "2001:db8::8"}}},
 		{name: "bounds", in: `desktop_stream {
 			fps 60
 			quality 1
@@ -93,6 +97,15 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 		{name: "two values", in: `desktop_stream {
 			max_width 800 600
 		}`, err: "wrong argument count"},
+		{name: "allowed_hosts without names", in: `desktop_stream {
+			allowed_hosts
+		}`, err: "wrong argument count"},
+		{name: "allowed_hosts with a port", in: `desktop_stream {
+			allowed_hosts desktop.lan:8080
+		}`, err: `bad allowed_hosts "desktop.lan:8080": want a host name without scheme or port`},
+		{name: "allowed_hosts with a scheme", in: `desktop_stream {
+			allowed_hosts desktop.lan http://desktop.lan
+		}`, err: `bad allowed_hosts "http://desktop.lan"`},
 		{name: "flag with value", in: `desktop_stream {
 			allow_remote yes
 		}`, err: "wrong argument count"},
@@ -113,8 +126,8 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := [...]any{ds.Display, ds.FPS, ds.Quality, ds.MaxWidth, ds.MaxViewers, ds.AllowRemote}
-			want := [...]any{c.want.Display, c.want.FPS, c.want.Quality, c.want.MaxWidth, c.want.MaxViewers, c.want.AllowRemote}
+			got := [...]any{ds.Display, ds.FPS, ds.Quality, ds.MaxWidth, ds.MaxViewers, ds.AllowRemote, fmt.Sprint(ds.AllowedHosts)}
+			want := [...]any{c.want.Display, c.want.FPS, c.want.Quality, c.want.MaxWidth, c.want.MaxViewers, c.want.AllowRemote, fmt.Sprint(c.want.AllowedHosts)}
 			if got != want {
 				t.Fatalf("got %v, want %v", got, want)
 			}
@@ -259,6 +272,10 @@ func TestDesktopStreamProvision(t *testing.T) {
 	defer bad.Cleanup()
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "fps 120 out of range") {
 		t.Fatalf("fps 120: %v", err)
+	}
+	if _, err := tryProvision(t, "desktop_stream {\n allow_remote\n allowed_hosts desktop.lan\n}"); err == nil ||
+		err.Error() != "allowed_hosts applies only without allow_remote" {
+		t.Fatalf("allowed_hosts with allow_remote: %v", err)
 	}
 
 	// Cleanup works even when Provision never ran.
@@ -435,6 +452,7 @@ func TestDesktopStreamRefusals(t *testing.T) {
 	noLeaks(t)
 	fakeDisplays(t, &screen{c: red}, 1, nil)
 	local := provision(t, `desktop_stream`)
+	named := provision(t, "desktop_stream {\n allowed_hosts desktop.lan\n}")
 	remote := provision(t, "desktop_stream {\n allow_remote\n}")
 
 	for _, c := range []struct {
@@ -460,14 +478,39 @@ func TestDesktopStreamRefusals(t *testing.T) {
 			return r
 		}, 403, ""},
 		{"IPv6 loopback", local, func() *http.Request {
-			r := httptest.NewRequest("GET", "/?snapshot", nil)
+			r := httptest.NewRequest("GET", "http://[::1]:8080/?snapshot", nil)
 			r.RemoteAddr = "[::1]:40000"
 			return r
 		}, 200, ""},
 		{"IPv4-mapped loopback", local, func() *http.Request {
-			r := httptest.NewRequest("GET", "/?snapshot", nil)
+			r := httptest.NewRequest("GET", "http://localhost:8080/?snapshot", nil)
 			r.RemoteAddr = "[::ffff:127.0.0.1]:40000"
 			return withClientIP(r, "127.0.0.1")
+		}, 200, ""},
+		{"DNS-rebound page", local, func() *http.Request {
+			r := httptest.NewRequest("GET", "http://rebind.example:8080/?snapshot", nil)
+			r.RemoteAddr = "127.0.0.1:40000"
+			return r
+		}, 403, "desktop_stream: host \"rebind.example:8080\" is not a loopback name (see allowed_hosts)\n"},
+		{"allowed host", named, func() *http.Request {
+			r := httptest.NewRequest("GET", "http://desktop.lan:8080/?snapshot", nil)
+			r.RemoteAddr = "127.0.0.1:40000"
+			return r
+		}, 200, ""},
+		{"loopback name beside allowed hosts", named, func() *http.Request {
+			r := httptest.NewRequest("GET", "http://127.0.0.1:8080/?snapshot", nil)
+			r.RemoteAddr = "127.0.0.1:40000"
+			return r
+		}, 200, ""},
+		{"allowed host, remote client", named, func() *http.Request {
+			r := httptest.NewRequest("GET", "http://desktop.lan:8080/?snapshot", nil)
+			r.RemoteAddr = "192.0.2.7:40000"
+			return r
+		}, 403, "desktop_stream: only loopback clients are served (see allow_remote)\n"},
+		{"allow_remote, any host", remote, func() *http.Request {
+			r := httptest.NewRequest("GET", "http://rebind.example/?snapshot", nil)
+			r.RemoteAddr = "127.0.0.1:40000"
+			return r
 		}, 200, ""},
 		{"allow_remote", remote, func() *http.Request {
 			r := httptest.NewRequest("GET", "/?snapshot", nil)

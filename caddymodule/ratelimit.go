@@ -27,8 +27,11 @@ type RateLimit struct {
 
 	// A placeholder naming the client, such as
 	// {http.request.header.X-Api-Key}. A request for which it expands to
-	// nothing is keyed on its client IP instead. Default: the client IP
-	// ({http.vars.client_ip}), which honours the server's trusted_proxies.
+	// nothing is keyed on its client IP instead. Default: the client IP:
+	// the connection's peer or, behind the server's trusted_proxies, the
+	// right-most X-Forwarded-For address that is not a trusted proxy,
+	// whatever trusted_proxies_strict says. {http.vars.client_ip} means the
+	// same here.
 	Key string `json:"key,omitempty"`
 
 	// Where counters live: "memory" (this process only) or a redis://,
@@ -201,17 +204,24 @@ func (rl *RateLimit) clientKey(r *http.Request) string {
 			}
 		}
 	}
-	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	if ip == "" {
-		ip = r.RemoteAddr // outside Caddy's server; ClientKey drops the port
+	return ratelimit.ClientKey(clientIP(r), rl.v4, rl.v6)
+}
+
+// clientIP is the address a request counts against by default: the client
+// that clientAddr finds, whom a forged X-Forwarded-For cannot turn into
+// someone else. When it is unknown (a trusted proxy forwarded something
+// that is not an address), the peer's, so such clients share the proxy's
+// counter rather than escape it.
+func clientIP(r *http.Request) string {
+	if a := clientAddr(r); a.IsValid() {
+		return a.String()
 	}
-	return ratelimit.ClientKey(ip, rl.v4, rl.v6)
+	return r.RemoteAddr // ClientKey drops the port
 }
 
 func (rl *RateLimit) logRefused(r *http.Request, reason string) {
 	if c := rl.log.Check(zapcore.DebugLevel, "rate limited"); c != nil {
-		ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-		c.Write(zap.String("reason", reason), zap.String("client_ip", ip))
+		c.Write(zap.String("reason", reason), zap.String("client_ip", clientIP(r)))
 	}
 }
 
