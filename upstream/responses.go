@@ -57,17 +57,16 @@ type responseEvent struct {
 
 // Parse decodes one event's data into c. sseType is the event's "event:"
 // field, used when the data names no type. A failure (error,
-// response.failed, response.incomplete) sets c.Err; data that is not a JSON
-// object is an error, except in an event typed error, which is a failure
-// whatever its data.
+// response.failed, response.incomplete) sets c.Err. Data that is not a JSON
+// object is an error: in an event typed error, the upstream's failure as a
+// *chunk.Error, since the event has no data to relay.
 func (rp *ResponsesParser) Parse(sseType, data []byte, c *chunk.Chunk) error {
 	c.Raw = append(c.Raw[:0], data...)
 	rp.out = rp.out[:0]
 	var ev responseEvent
 	if err := rp.event(c.Raw, &ev); err != nil {
 		if string(sseType) == "error" {
-			c.Err = parseError(c.Raw)
-			return nil
+			return parseError(c.Raw)
 		}
 		return fmt.Errorf("decoding upstream event: %w", err)
 	}

@@ -3,6 +3,7 @@ package upstream
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strconv"
@@ -21,7 +22,7 @@ func refResponses(sseType string, data []byte, calls *[]int64) (fields map[strin
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	if dec.Decode(&ev) != nil || ev == nil || dec.InputOffset() != int64(len(bytes.TrimRight(data, " \t\r\n"))) {
-		return nil, sseType == "error", sseType == "error"
+		return nil, false, false
 	}
 	typ := sseType
 	if t, isStr := ev["type"].(string); isStr {
@@ -139,7 +140,14 @@ func FuzzResponsesParser(f *testing.F) {
 			var c chunk.Chunk
 			err := rp.Parse([]byte(sseType), data, &c)
 			want, wantErr, ok := refResponses(sseType, data, &calls)
-			if !ok {
+			var failure *chunk.Error
+			if errors.As(err, &failure) {
+				if sseType != "error" || ok || failure.Message == "" {
+					t.Fatalf("%q (%s): failure %v where the reference finds none", data, sseType, failure)
+				}
+				continue
+			}
+			if !ok || sseType == "error" && want == nil {
 				if err == nil {
 					t.Fatalf("%q: accepted data the reference refuses", data)
 				}

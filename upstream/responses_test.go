@@ -76,7 +76,6 @@ func TestResponsesParserEvents(t *testing.T) {
 			want{errMsg: "slow down", errCode: `"rate_limit_exceeded"`}},
 		{"error, nested", "error", `{"type":"error","sequence_number":3,"error":{"type":"invalid_request_error","code":"bad","message":"nested"}}`,
 			want{errMsg: "nested", errCode: `"bad"`}},
-		{"error typed, data not JSON", "error", `[DONE]`, want{errMsg: "upstream reported an error"}},
 		{"type from the data only", "", `{"type":"response.output_text.delta","delta":"x"}`, want{content: `"x"`}},
 		{"type from the event line only", "response.output_text.delta", `{"delta":"y"}`, want{content: `"y"`}},
 		{"escaped type", "", `{"type":"response.output_text.delt\u0061","delta":"z"}`, want{content: `"z"`}},
@@ -113,12 +112,19 @@ func TestResponsesParserEvents(t *testing.T) {
 	}
 }
 
+// TestResponsesParserRefusesNonJSON: data that is not one JSON object is
+// no event to relay; in an event typed error, it is the upstream's failure.
 func TestResponsesParserRefusesNonJSON(t *testing.T) {
 	var rp ResponsesParser
 	var c chunk.Chunk
 	for _, data := range []string{`{not json`, `[]`, `{"type":"x"} {}`, `"s"`} {
-		if err := rp.Parse([]byte("response.output_text.delta"), []byte(data), &c); err == nil {
-			t.Errorf("%s: no error", data)
+		err := rp.Parse([]byte("response.output_text.delta"), []byte(data), &c)
+		var e *chunk.Error
+		if err == nil || errors.As(err, &e) {
+			t.Errorf("%s: %v, want a decoding error", data, err)
+		}
+		if err := rp.Parse([]byte("error"), []byte(data), &c); !errors.As(err, &e) || e.Message == "" {
+			t.Errorf("typed error %s: %v, want the upstream's failure", data, err)
 		}
 	}
 }
