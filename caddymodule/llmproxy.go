@@ -558,7 +558,7 @@ func (h *LLMProxy) readBody(r *http.Request) ([]byte, error) {
 func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record, tab *ratelimit.Tab) (string, error) {
 	if tab != nil {
 		var c chunk.Chunk
-		if upstream.ParseChunk(st.Whole(), &c) == nil {
+		if st.DecodeWhole(&c) == nil {
 			_ = tab.Count(&c)
 		}
 	}

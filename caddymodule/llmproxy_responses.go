@@ -18,7 +18,8 @@ import (
 // buildResponsesRequest reads a request for the Responses API into an
 // upstream request: a POST's body forwarded as it came (with the default
 // model filled in, and "stream" forced on for the framings that only
-// stream), a GET ?prompt= as one input, and a GET of a stored response
+// stream), within the directive's request limits as a chat request is; a
+// GET ?prompt= as one input; and a GET of a stored response
 // (responses/{id}, ?stream=true&starting_after=N replaying its events)
 // with its query unchanged.
 func (h *LLMProxy) buildResponsesRequest(r *http.Request, path string, format frame.Format) (*upstream.Request, error) {
@@ -31,13 +32,13 @@ func (h *LLMProxy) buildResponsesRequest(r *http.Request, path string, format fr
 	}
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
-		return upstream.ResponsesFromPrompt(q.Get("prompt"), orDefault(q.Get("model"), h.Model))
+		return h.limits.ResponsesFromPrompt(q.Get("prompt"), orDefault(q.Get("model"), h.Model))
 	}
 	body, err := h.readBody(r)
 	if err != nil {
 		return nil, err
 	}
-	return upstream.FromResponsesJSON(body, format != frame.OpenAI, h.Model)
+	return h.limits.FromResponsesJSON(body, format != frame.OpenAI, h.Model)
 }
 
 // withoutParam is the raw query without the parameter name (the proxy's

@@ -255,3 +255,25 @@ func TestResponsesWebSocketRefused(t *testing.T) {
 		t.Error("the upstream was called")
 	}
 }
+
+// TestResponsesWithinLimits: the request limits bound a Responses request
+// as they bound a chat one, so /v1/responses is no way around them.
+func TestResponsesWithinLimits(t *testing.T) {
+	up := newResponsesUpstream(t, responsesEvents...)
+	srv := responsesProxy(t, "\tmodels gpt-x default-model\n\tmax_tokens 100 clamp\n\tmax_prompt 10\n", up)
+	resp, body := postResponses(t, srv.URL+"/v1/responses", `{"model":"gpt-5","input":"hi"}`)
+	if resp.StatusCode != http.StatusNotFound || !strings.Contains(body, "model_not_found") {
+		t.Errorf("a model off the list: %d %s", resp.StatusCode, body)
+	}
+	resp, body = postResponses(t, srv.URL+"/v1/responses", `{"input":[{"role":"user","content":[{"type":"input_text","text":"far too long a prompt"}]}]}`)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "at most 10") {
+		t.Errorf("a prompt over max_prompt: %d %s", resp.StatusCode, body)
+	}
+	if up.calls.Load() != 0 {
+		t.Error("a refused request reached the upstream")
+	}
+	postResponses(t, srv.URL+"/v1/responses", `{"input":"hi","max_output_tokens":5000}`)
+	if got := up.last.Load().(string); !strings.HasSuffix(got, `{"input":"hi","max_output_tokens":100,"model":"default-model"}`) {
+		t.Errorf("max_output_tokens not clamped: %s", got)
+	}
+}

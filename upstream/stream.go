@@ -216,21 +216,25 @@ func (s *Stream) nextResponse(typ, data []byte, c *chunk.Chunk) error {
 	return nil
 }
 
-// nextPlain turns a whole chat.completion body into one chunk.
+// DecodeWhole decodes the whole body (Whole) into c: a chat.completion, or
+// a Response.
+func (s *Stream) DecodeWhole(c *chunk.Chunk) error {
+	if s.api == Responses {
+		return ParseResponse(s.whole, c)
+	}
+	return ParseChunk(s.whole, c)
+}
+
+// nextPlain turns a whole chat.completion (or Response) body into one chunk.
 func (s *Stream) nextPlain(c *chunk.Chunk) error {
 	if s.whole == nil { // Open reads it ahead for stream requests
 		if err := s.readWhole(s.ctx); err != nil {
 			return err
 		}
 	}
-	body := s.whole
 	s.ended = true
 	s.arrived()
-	parse := ParseChunk
-	if s.api == Responses {
-		parse = ParseResponse
-	}
-	if err := parse(body, c); err != nil {
+	if err := s.DecodeWhole(c); err != nil {
 		return err
 	}
 	if c.Err != nil {
