@@ -292,7 +292,9 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	}
 	switch kind, path := route(r); kind {
 	case endpointResponses:
-		return h.notFound(w, r, path)
+		if websocketUpgrade(r) {
+			return h.refuseUpgrade(w, r)
+		}
 	case endpointModels:
 		return h.serveModels(w, r, path)
 	case endpointOther:
@@ -393,9 +395,14 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 			}
 		}
 		if err == nil {
-			if !sent && !holding && contentFree(&c) {
-				held, holding = c, true
-				held.Raw = append([]byte(nil), c.Raw...)
+			if !sent && contentFree(&c) && (!holding || fw.Format() != frame.OpenAI) {
+				if fw.Format() == frame.OpenAI {
+					held, holding = c, true
+					held.Raw = append([]byte(nil), c.Raw...)
+					held.Event = append([]byte(nil), c.Event...)
+				}
+				// The other framings show nothing of it, however many
+				// there are (a Responses stream starts with several).
 				continue
 			}
 			if holding {
@@ -478,6 +485,7 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 	rc := http.NewResponseController(w)
 	fw := frame.NewWriter(w, rc.Flush, rec.format)
 	fw.IncludeUsage = req.IncludeUsage
+	fw.TypedEvents = req.API == upstream.Responses
 	fw.StreamID = "llmstream"
 	rec.fw = fw
 	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {
@@ -493,6 +501,9 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 
 // buildRequest reads the client's request into an upstream request.
 func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream.Request, error) {
+	if kind, path := route(r); kind == endpointResponses {
+		return h.buildResponsesRequest(r, path, format)
+	}
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
 		model := q.Get("model")
@@ -501,6 +512,15 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 		}
 		return h.limits.FromPrompt(q.Get("prompt"), model)
 	}
+	body, err := h.readBody(r)
+	if err != nil {
+		return nil, err
+	}
+	return h.limits.FromJSON(body, format != frame.OpenAI, h.Model)
+}
+
+// readBody reads the request's body, up to max_body.
+func (h *LLMProxy) readBody(r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.MaxBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -510,7 +530,7 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 		}
 		return nil, &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Message: "reading request body failed"}
 	}
-	return h.limits.FromJSON(body, format != frame.OpenAI, h.Model)
+	return body, nil
 }
 
 // relayWhole passes on a non-streamed answer, read whole and checked by
@@ -519,7 +539,7 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record, tab *ratelimit.Tab) (string, error) {
 	if tab != nil {
 		var c chunk.Chunk
-		if upstream.ParseChunk(st.Whole(), &c) == nil {
+		if st.DecodeWhole(&c) == nil {
 			_ = tab.Count(&c)
 		}
 	}

@@ -14,7 +14,10 @@ const (
 	// endpointChat is a chat completion: a POST to .../chat/completions,
 	// or any path outside /v1/ (a GET /chat?prompt=).
 	endpointChat endpoint = iota
-	// endpointResponses is OpenAI's Responses API: .../v1/responses[/...].
+	// endpointResponses is OpenAI's Responses API, the streams of it:
+	// creating a response (.../v1/responses) and retrieving one
+	// (GET .../v1/responses/{id}, which may replay its events). Its other
+	// paths (input_items, cancel, compact, a DELETE) are endpointOther.
 	endpointResponses
 	// endpointModels is the model list: .../v1/models[/{id}].
 	endpointModels
@@ -36,7 +39,11 @@ func route(r *http.Request) (endpoint, string) {
 	case rest == "chat/completions":
 		return endpointChat, rest
 	case first == "responses":
-		return endpointResponses, rest
+		if id, ok := strings.CutPrefix(rest, "responses/"); rest == "responses" ||
+			ok && r.Method == http.MethodGet && id != "" && !strings.Contains(id, "/") {
+			return endpointResponses, rest
+		}
+		return endpointOther, rest
 	case first == "models":
 		return endpointModels, rest
 	default:

@@ -27,8 +27,8 @@ func TestClientsOpenAINodeBudget(t *testing.T) {
 }
 
 // nodeTest runs one test file of e2e/node with `node --test`, passing the
-// proxy's base URL in LLM_BASE_URL.
-func nodeTest(t *testing.T, file string, c *caddy) {
+// proxy's base URL in LLM_BASE_URL, and env ("NAME=value") besides.
+func nodeTest(t *testing.T, file string, c *caddy, env ...string) {
 	t.Helper()
 	node := testenv.Program(t, "node (apt-get install nodejs npm)", "node")
 	if _, err := os.Stat(filepath.Join("node", "node_modules", "openai", "package.json")); err != nil {
@@ -38,7 +38,7 @@ func nodeTest(t *testing.T, file string, c *caddy) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "--test", "--test-reporter=spec", file)
 	cmd.Dir = "node"
-	cmd.Env = append(os.Environ(), "LLM_BASE_URL="+c.URL+"/v1", "NO_COLOR=1", "FORCE_COLOR=0")
+	cmd.Env = append(append(os.Environ(), "LLM_BASE_URL="+c.URL+"/v1", "NO_COLOR=1", "FORCE_COLOR=0"), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("node --test %s: %v\n%s", file, err, out)

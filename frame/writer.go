@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -53,6 +54,17 @@ type Writer struct {
 	// clients deliver an event without data as an empty message.
 	StreamID string
 	idSent   bool
+
+	// TypedEvents makes the openai framing relay a Responses API stream as
+	// the upstream sent it: each chunk is its event, the "event:" line and
+	// the data, every one of them (the framings other than openai are
+	// unchanged). The stream's end is the upstream's own
+	// response.completed, so Done adds nothing; its failures are its own
+	// events, so Fail after one adds nothing, and a failure of the proxy's
+	// is an error event in the Responses shape.
+	TypedEvents bool
+	events      int64 // relayed: the next sequence_number
+	relayedErr  bool  // the upstream's own failure event went out
 
 	// WriteTimeout bounds how long one write may block on a client that
 	// stopped reading; SetDeadline applies it (http.ResponseController's
@@ -156,6 +168,17 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 	var withID bool
 	switch fw.f {
 	case OpenAI:
+		if fw.TypedEvents {
+			b, withID = fw.appendID(b)
+			if len(c.Event) > 0 {
+				b = append(append(append(b, "event: "...), c.Event...), '\n')
+			}
+			if b, err = fw.appendData(b, c.Raw); err == nil {
+				fw.events++
+				fw.relayedErr = c.Err != nil
+			}
+			break
+		}
 		if !c.HasChoices && c.Usage != nil && !fw.IncludeUsage {
 			return nil
 		}
@@ -208,6 +231,9 @@ func (fw *Writer) Done() error {
 	if err := fw.start(); err != nil {
 		return err
 	}
+	if fw.f == OpenAI && fw.TypedEvents {
+		return nil // the upstream's response.completed was the end
+	}
 	b, _ := fw.appendID(fw.buf[:0])
 	switch fw.f {
 	case OpenAI:
@@ -237,20 +263,44 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	if err := fw.start(); err != nil {
 		return err
 	}
+	if fw.f == OpenAI && fw.TypedEvents && fw.relayedErr {
+		return nil // the upstream's own failure event went out
+	}
 	b, _ := fw.appendID(fw.buf[:0])
-	switch fw.f {
-	case OpenAI:
+	switch {
+	case fw.f == OpenAI && fw.TypedEvents:
+		b = append(b, "event: error\ndata: "...)
+		b = appendErrorEvent(b, e, fw.events)
+		b = append(b, "\n\n"...)
+	case fw.f == OpenAI:
 		b, _ = fw.appendData(b, e.MarshalBody()) // json.Marshal's output is compact
-	case SSE:
+	case fw.f == SSE:
 		b = append(b, "event: error\ndata: "...)
 		b = append(b, e.MarshalBody()...)
 		b = append(b, "\n\n"...)
-	case NDJSON:
+	case fw.f == NDJSON:
 		b = append(b, e.MarshalBody()...)
 		b = append(b, '\n')
 	}
 	fw.buf = b
 	return fw.send(b)
+}
+
+// appendErrorEvent appends the data of a Responses API error event:
+// {"type":"error","code":...,"message":...,"param":null,"sequence_number":n}.
+// The code is the error's own, else its type (timeout_error, ...).
+func appendErrorEvent(b []byte, e *chunk.Error, seq int64) []byte {
+	b = append(b, `{"type":"error","code":`...)
+	if len(e.Code) > 0 && json.Valid(e.Code) && !bytes.ContainsAny(e.Code, "\r\n") {
+		b = append(b, e.Code...)
+	} else {
+		b = appendString(b, e.Type)
+	}
+	b = append(b, `,"message":`...)
+	b = appendString(b, e.Message)
+	b = append(b, `,"param":null,"sequence_number":`...)
+	b = strconv.AppendInt(b, seq, 10)
+	return append(b, '}')
 }
 
 // Heartbeat writes a keepalive that clients ignore: an SSE comment line,

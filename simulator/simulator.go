@@ -10,6 +10,7 @@
 //	POST <prefix>/chat/completions  streamed (stream:true) or whole replies
 //	GET  <prefix>/models            the default model and the special names
 //	POST <prefix>/embeddings, <prefix>/completions, <prefix>/messages (see api.go)
+//	     <prefix>/responses[/{id}]    the Responses API (see responses.go)
 //
 // The requested model name picks a behaviour, so a client can provoke each
 // failure a real upstream has without a real upstream: [Models] lists them
@@ -161,6 +162,8 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.chat(w, r)
+	case isResponses(p):
+		s.responses(w, r)
 	case strings.HasSuffix(p, "/models"):
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")

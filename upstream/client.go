@@ -44,17 +44,15 @@ type Client struct {
 func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 	s := c.newStream(parent)
 	s.reqBody = &requestBody{b: req.Body}
-	reqBody, err := s.reqBody.open()
-	var hr *http.Request
-	if err == nil {
-		hr, err = c.newRequest(s.ctx, http.MethodPost, "chat/completions", reqBody)
+	s.api = req.API
+	if req.API == Responses {
+		s.responses = new(ResponsesParser)
 	}
+	hr, err := c.newAPIRequest(s.ctx, req, s.reqBody)
 	if err != nil {
 		s.Close()
 		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeServer, Message: "building upstream request failed"}
 	}
-	hr.ContentLength, hr.GetBody = int64(len(req.Body)), s.reqBody.open
-	hr.Header.Set("Content-Type", "application/json")
 	if req.Stream {
 		hr.Header.Set("Accept", "text/event-stream")
 	} else {
@@ -205,6 +203,48 @@ func ParseAuth(s string) (string, error) {
 		return s, nil
 	}
 	return "", fmt.Errorf("unknown auth %q: want bearer or x-api-key", s)
+}
+
+// newAPIRequest builds the upstream request for req: a POST of its body
+// to the API's path, or its own method and path, with its query.
+func (c *Client) newAPIRequest(ctx context.Context, req *Request, body *requestBody) (*http.Request, error) {
+	method, path := http.MethodPost, req.API.path()
+	if req.Method != "" {
+		method = req.Method
+	}
+	if req.Path != "" {
+		path = req.Path
+	}
+	if method == http.MethodGet {
+		hr, err := c.newRequest(ctx, method, path, nil)
+		if err == nil {
+			hr.URL.RawQuery = joinQuery(hr.URL.RawQuery, req.Query)
+		}
+		return hr, err
+	}
+	rd, err := body.open()
+	if err != nil {
+		return nil, err
+	}
+	hr, err := c.newRequest(ctx, method, path, rd)
+	if err != nil {
+		return nil, err
+	}
+	hr.URL.RawQuery = joinQuery(hr.URL.RawQuery, req.Query)
+	hr.ContentLength, hr.GetBody = int64(len(req.Body)), body.open
+	hr.Header.Set("Content-Type", "application/json")
+	return hr, nil
+}
+
+// joinQuery appends the client's query to the base URL's.
+func joinQuery(base, q string) string {
+	switch {
+	case q == "":
+		return base
+	case base == "":
+		return q
+	}
+	return base + "&" + q
 }
 
 // newRequest builds a request for path under the base URL with the

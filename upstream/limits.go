@@ -97,16 +97,26 @@ func (l *Limits) capChoices(fields map[string]json.RawMessage, req *Request) err
 	return nil
 }
 
-// tokenFields are the names a request bounds its completion by: OpenAI's
-// old one, which every compatible server knows, and its new one.
-var tokenFields = [...]string{"max_tokens", "max_completion_tokens"}
+// tokenFields are the names a chat request bounds its completion by:
+// OpenAI's old one, which every compatible server knows, and its new one.
+// A Responses API request has one of its own.
+var (
+	tokenFields          = []string{"max_tokens", "max_completion_tokens"}
+	responsesTokenFields = []string{"max_output_tokens"}
+)
 
 // capTokens holds max_tokens and max_completion_tokens to MaxTokens,
 // refusing or lowering a larger one, and sends a request naming neither
 // with max_tokens: MaxTokens. It notes the bound in req.
 func (l *Limits) capTokens(fields map[string]json.RawMessage, req *Request) error {
+	return l.capTokensOf(tokenFields, fields, req)
+}
+
+// capTokensOf is capTokens for a request that bounds its completion by
+// names, the first of which a request naming none is sent.
+func (l *Limits) capTokensOf(names []string, fields map[string]json.RawMessage, req *Request) error {
 	named := false
-	for _, name := range tokenFields {
+	for _, name := range names {
 		v, ok := fields[name]
 		if !ok || !isSet(v) {
 			continue
@@ -131,7 +141,7 @@ func (l *Limits) capTokens(fields map[string]json.RawMessage, req *Request) erro
 		named = true
 	}
 	if !named && l.MaxTokens > 0 {
-		fields["max_tokens"] = json.RawMessage(strconv.Itoa(l.MaxTokens))
+		fields[names[0]] = json.RawMessage(strconv.Itoa(l.MaxTokens))
 		req.MaxTokens = l.MaxTokens
 	}
 	return nil

@@ -10,8 +10,19 @@ import (
 	"github.com/llmstream/caddy-llmstream/chunk"
 )
 
-// Request is a chat-completions request ready for the upstream.
+// Request is a chat-completions (or Responses API) request ready for the
+// upstream.
 type Request struct {
+	// API is the part of the API the request is for: it picks the path
+	// asked for (chat/completions, responses) and the answer's decoder.
+	API API
+	// Method and Path (below the base URL) replace the API's own POST,
+	// as for GET responses/{id}. A GET sends no body.
+	Method, Path string
+	// Query is passed on as the client sent it, after any query the base
+	// URL has: GET responses/{id}?stream=true&starting_after=3.
+	Query string
+
 	// Body is the JSON to send.
 	Body []byte
 	// Stream tells whether the upstream was asked to stream.
