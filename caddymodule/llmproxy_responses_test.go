@@ -277,3 +277,29 @@ func TestResponsesWithinLimits(t *testing.T) {
 		t.Errorf("max_output_tokens not clamped: %s", got)
 	}
 }
+
+// TestResponsesFromPrompt: GET /v1/responses?prompt= is one input, streamed,
+// so an EventSource (the chat page's transport) reads a Responses upstream;
+// its reconnect is answered 204, as on the chat path.
+func TestResponsesFromPrompt(t *testing.T) {
+	up := newResponsesUpstream(t, responsesEvents...)
+	srv := responsesProxy(t, "", up)
+	resp, err := http.Get(srv.URL + "/v1/responses?prompt=hi&format=sse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(string(b), "id: llmstream\ndata: {\"content\":\"Hel\"}\n\n") || !strings.Contains(string(b), "event: done\n") {
+		t.Errorf("%s", b)
+	}
+	if got := up.last.Load().(string); got != `POST /v1/responses Bearer sk-server {"input":"hi","model":"default-model","stream":true}` {
+		t.Errorf("upstream asked %s", got)
+	}
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/responses?prompt=hi&format=sse", nil)
+	req.Header.Set("Last-Event-ID", "llmstream")
+	calls := up.calls.Load()
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNoContent || up.calls.Load() != calls {
+		t.Errorf("reconnect: %v %v", resp, err)
+	}
+}
