@@ -81,13 +81,9 @@ func (l *Limits) FromJSON(body []byte, forceStream bool, defaultModel string) (*
 	if l == nil {
 		l = &Limits{}
 	}
-	var fields map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&fields); err != nil || fields == nil {
-		return nil, badRequest("request body is not a JSON object")
-	}
-	if dec.More() {
-		return nil, badRequest("request body has data after the JSON object")
+	fields, err := bodyFields(body)
+	if err != nil {
+		return nil, err
 	}
 
 	req := &Request{}
@@ -122,16 +118,7 @@ func (l *Limits) FromJSON(body []byte, forceStream bool, defaultModel string) (*
 		return nil, err
 	}
 
-	if m, ok := fields["model"]; ok && isSet(m) {
-		if json.Unmarshal(m, &req.Model) != nil {
-			return nil, badRequest("model must be a string")
-		}
-	}
-	if req.Model == "" && defaultModel != "" {
-		req.Model = defaultModel
-		fields["model"] = mustJSON(defaultModel)
-	}
-	if err := l.checkModel(req.Model); err != nil {
+	if _, err := l.model(fields, req, defaultModel); err != nil {
 		return nil, err
 	}
 	if err := l.capChoices(fields, req); err != nil {
@@ -170,6 +157,35 @@ func (l *Limits) FromJSON(body []byte, forceStream bool, defaultModel string) (*
 	}
 	req.Body = b
 	return req, nil
+}
+
+// bodyFields decodes a client's body, which must be one JSON object.
+func bodyFields(body []byte) (map[string]json.RawMessage, error) {
+	var fields map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&fields); err != nil || fields == nil {
+		return nil, badRequest("request body is not a JSON object")
+	}
+	if dec.More() {
+		return nil, badRequest("request body has data after the JSON object")
+	}
+	return fields, nil
+}
+
+// model reads the request's model into req, filling in defaultModel when
+// it names none (and telling so), and checks it against the list.
+func (l *Limits) model(fields map[string]json.RawMessage, req *Request, defaultModel string) (filled bool, err error) {
+	if m, ok := fields["model"]; ok && isSet(m) {
+		if json.Unmarshal(m, &req.Model) != nil {
+			return false, badRequest("model must be a string")
+		}
+	}
+	if req.Model == "" && defaultModel != "" {
+		req.Model = defaultModel
+		fields["model"] = mustJSON(defaultModel)
+		filled = true
+	}
+	return filled, l.checkModel(req.Model)
 }
 
 // message tells whether m is an object with a string "role", and how many

@@ -93,10 +93,43 @@ func (rp *ResponsesParser) Parse(sseType, data []byte, c *chunk.Chunk) error {
 	return err
 }
 
-// event walks the top level of data.
+// event walks the top level of data, which must be one JSON object.
 func (rp *ResponsesParser) event(data []byte, ev *responseEvent) error {
+	err := rp.object(data, func(name []byte, v json.RawMessage) {
+		switch string(name) { // no allocation: the compiler compares in place
+		case "type":
+			ev.typ = v
+		case "delta":
+			ev.delta = v
+		case "output_index":
+			ev.outputIndex = v
+		case "item":
+			ev.item = v
+		case "response":
+			ev.response = v
+		case "code":
+			ev.code = v
+		case "message":
+			ev.message = v
+		case "error":
+			ev.err = v
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := rp.p.dec.ReadToken(); err != jsontextEOF {
+		return errors.New("data after the JSON object")
+	}
+	return nil
+}
+
+// object walks the members of the object v (the event, or a value within
+// it), calling member with each one's value. A v that is not an object is
+// errNotObject; within an event, it holds nothing the proxy reads.
+func (rp *ResponsesParser) object(v []byte, member func(name []byte, v json.RawMessage)) error {
 	p := &rp.p
-	p.reset(data)
+	p.reset(v)
 	d := p.dec
 	if d.PeekKind() != '{' {
 		return errNotObject
@@ -105,63 +138,15 @@ func (rp *ResponsesParser) event(data []byte, ev *responseEvent) error {
 		return err
 	}
 	for d.PeekKind() != '}' {
-		name, err := p.name()
+		// The name as a slice of v, not of the decoder's buffer, which
+		// reading the value may reuse.
+		tok, err := p.value()
 		if err != nil {
 			return err
 		}
-		var dst *json.RawMessage
-		switch string(name) {
-		case "type":
-			dst = &ev.typ
-		case "delta":
-			dst = &ev.delta
-		case "output_index":
-			dst = &ev.outputIndex
-		case "item":
-			dst = &ev.item
-		case "response":
-			dst = &ev.response
-		case "code":
-			dst = &ev.code
-		case "message":
-			dst = &ev.message
-		case "error":
-			dst = &ev.err
-		default:
-			if err := d.SkipValue(); err != nil {
-				return err
-			}
-			continue
-		}
-		if *dst, err = p.value(); err != nil {
-			return err
-		}
-	}
-	if _, err := d.ReadToken(); err != nil {
-		return err
-	}
-	if _, err := d.ReadToken(); err != jsontextEOF {
-		return errors.New("data after the JSON object")
-	}
-	return nil
-}
-
-// object walks the members of the object v, a value within the chunk's
-// data, calling member for each with the member's value.
-func (rp *ResponsesParser) object(v []byte, member func(name []byte, v json.RawMessage)) error {
-	p := &rp.p
-	p.reset(v)
-	d := p.dec
-	if d.PeekKind() != '{' {
-		return nil // not an object: nothing in it the proxy reads
-	}
-	if _, err := d.ReadToken(); err != nil {
-		return err
-	}
-	for d.PeekKind() != '}' {
-		name, err := p.name()
-		if err != nil {
-			return err
+		name, ok := unquote(tok)
+		if !ok {
+			return errors.New("object name is not a string")
 		}
 		val, err := p.value()
 		if err != nil {
@@ -173,11 +158,20 @@ func (rp *ResponsesParser) object(v []byte, member func(name []byte, v json.RawM
 	return err
 }
 
+// inner walks an object within the event: one that is not an object holds
+// nothing the proxy reads.
+func (rp *ResponsesParser) inner(v []byte, member func(name []byte, v json.RawMessage)) error {
+	if err := rp.object(v, member); err != errNotObject {
+		return err
+	}
+	return nil
+}
+
 // itemAdded starts a tool call when the new output item is a function
 // call: [{"index":i,"id":call_id,"type":"function","function":{"name":...,"arguments":...}}].
 func (rp *ResponsesParser) itemAdded(item, outputIndex json.RawMessage, c *chunk.Chunk) error {
 	var typ, callID, name, args json.RawMessage
-	err := rp.object(item, func(n []byte, v json.RawMessage) {
+	err := rp.inner(item, func(n []byte, v json.RawMessage) {
 		switch string(n) {
 		case "type":
 			typ = v
@@ -243,7 +237,7 @@ func (rp *ResponsesParser) arguments(outputIndex, delta json.RawMessage, c *chun
 // at the end its usage, error or reason for stopping short.
 func (rp *ResponsesParser) response(typ []byte, resp json.RawMessage, c *chunk.Chunk) error {
 	var model, usage, errVal, incomplete json.RawMessage
-	err := rp.object(resp, func(n []byte, v json.RawMessage) {
+	err := rp.inner(resp, func(n []byte, v json.RawMessage) {
 		switch string(n) {
 		case "model":
 			model = v
@@ -291,7 +285,7 @@ func (rp *ResponsesParser) response(typ []byte, resp json.RawMessage, c *chunk.C
 // it is.
 func (rp *ResponsesParser) usage(u json.RawMessage) (json.RawMessage, error) {
 	var in, out, total, inDetails, outDetails json.RawMessage
-	err := rp.object(u, func(n []byte, v json.RawMessage) {
+	err := rp.inner(u, func(n []byte, v json.RawMessage) {
 		switch string(n) {
 		case "input_tokens":
 			in = v

@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -25,27 +24,13 @@ func (l *Limits) FromResponsesJSON(body []byte, forceStream bool, defaultModel s
 	if l == nil {
 		l = &Limits{}
 	}
-	var fields map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&fields); err != nil || fields == nil {
-		return nil, badRequest("request body is not a JSON object")
-	}
-	if dec.More() {
-		return nil, badRequest("request body has data after the JSON object")
+	fields, err := bodyFields(body)
+	if err != nil {
+		return nil, err
 	}
 	req := &Request{API: Responses, N: 1}
-	changed := false
-	if m, ok := fields["model"]; ok && isSet(m) {
-		if json.Unmarshal(m, &req.Model) != nil {
-			return nil, badRequest("model must be a string")
-		}
-	}
-	if req.Model == "" && defaultModel != "" {
-		req.Model = defaultModel
-		fields["model"] = mustJSON(defaultModel)
-		changed = true
-	}
-	if err := l.checkModel(req.Model); err != nil {
+	changed, err := l.model(fields, req, defaultModel)
+	if err != nil {
 		return nil, err
 	}
 	if err := l.inputLimits(fields, req); err != nil {
