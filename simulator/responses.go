@@ -2,12 +2,9 @@ package simulator
 
 import (
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // The simulator's Responses API: the same replies as chat completions, told
@@ -81,20 +78,9 @@ func (s *Simulator) responses(w http.ResponseWriter, r *http.Request) {
 			"method "+r.Method+" not allowed on "+r.URL.Path+": use "+allow)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "",
-				"request body larger than "+strconv.Itoa(maxBody)+" bytes")
-			return
-		}
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "reading request body: "+err.Error())
-		return
-	}
 	var req responsesRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid JSON body: "+err.Error())
+	body, ok := readJSON(r, &req, openAIFail(w))
+	if !ok {
 		return
 	}
 	chat, msg := req.chat()
@@ -588,21 +574,7 @@ func (s *Simulator) wholeResponse(w http.ResponseWriter, r *http.Request, rs *rs
 	rp := rs.rp
 	p := pacer{done: r.Context().Done()}
 	defer p.stop()
-	switch rp.kind {
-	case stallFirst:
-		<-p.done
-		return
-	case errorEvent:
-		writeError(w, http.StatusInternalServerError, "server_error", "", "simulated upstream error")
-		return
-	}
-	if !p.wait((rp.interval + rp.jitter/2) * time.Duration(rp.generated())) {
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	if rp.kind == garbage {
-		w.Write([]byte("{not json\n"))
+	if !rp.wholeStart(w, &p) {
 		return
 	}
 	if rp.kind != tools {
@@ -616,17 +588,5 @@ func (s *Simulator) wholeResponse(w http.ResponseWriter, r *http.Request, rs *rs
 	if rp.finish == "length" {
 		status = "incomplete"
 	}
-	b := append(rs.appendResponse(make([]byte, 0, 1024+len(rs.text)), status), '\n')
-	switch rp.kind {
-	case reset, stall:
-		w.Write(b[:len(b)/2])
-		http.NewResponseController(w).Flush()
-		if rp.kind == reset {
-			panic(http.ErrAbortHandler)
-		}
-		<-p.done
-		return
-	}
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	w.Write(b)
+	rp.writeWhole(w, &p, append(rs.appendResponse(make([]byte, 0, 1024+len(rs.text)), status), '\n'))
 }

@@ -35,8 +35,6 @@ package simulator
 
 import (
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -206,20 +204,9 @@ type contentPart struct {
 }
 
 func (s *Simulator) chat(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "",
-				"request body larger than "+strconv.Itoa(maxBody)+" bytes")
-			return
-		}
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "reading request body: "+err.Error())
-		return
-	}
 	var req chatRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid JSON body: "+err.Error())
+	body, ok := readJSON(r, &req, openAIFail(w))
+	if !ok {
 		return
 	}
 	rp, msg := s.plan(&req, body)
