@@ -304,7 +304,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
-			Message: "method " + r.Method + " not allowed: use POST with a chat-completions body or GET with ?prompt="})
+			Message: "method " + r.Method + " not allowed: use POST with a JSON body or GET with ?prompt="})
 	}
 	release, denied := h.admit(w, r)
 	if denied != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -237,7 +238,11 @@ func TestPassThroughTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	// The handler ends its span after the client has read the answer.
 	ended := spans.Ended()
+	for deadline := time.Now().Add(5 * time.Second); len(ended) == 0 && time.Now().Before(deadline); ended = spans.Ended() {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if len(ended) != 1 {
 		t.Fatalf("%d spans", len(ended))
 	}
