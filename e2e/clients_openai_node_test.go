@@ -28,6 +28,12 @@ func TestClientsOpenAINodeBudget(t *testing.T) {
 
 // nodeTest runs one test file of e2e/node with `node --test`, passing the
 // proxy's base URL in LLM_BASE_URL, and env ("NAME=value") besides.
+// TestClientsVercelChat drives the chat path with the Vercel AI SDK's
+// openai.chat(model).
+func TestClientsVercelChat(t *testing.T) {
+	nodeTest(t, "vercel_chat.test.mjs", simStack(t, "chunk_interval 5ms\n\t\tchunks 8", "heartbeat 20ms", ""))
+}
+
 func nodeTest(t *testing.T, file string, c *caddy, env ...string) {
 	t.Helper()
 	node := testenv.Program(t, "node (apt-get install nodejs npm)", "node")
