@@ -98,13 +98,23 @@ func serveConns(t *testing.T, ds *DesktopStream) *httptest.Server {
 func TestDesktopStreamDropsStalledViewer(t *testing.T) {
 	noLeaks(t)
 	fakeDisplays(t, noise{}, 1, nil)
-	ds := provision(t, "desktop_stream {\n\tfps 2\n\tstall_timeout 300ms\n}")
+	ds := provision(t, "desktop_stream {\n\tfps 2\n\tstall_timeout 1s\n}")
 	srv := serveConns(t, ds)
 
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	reading := mjpegtest.Open(t, &http.Client{Transport: tr}, srv.URL)
 	reading.Next(t)
+	parts := make(chan error, 100)
+	go func() {
+		for {
+			_, err := reading.NextPart()
+			parts <- err
+			if err != nil {
+				return
+			}
+		}
+	}()
 
 	stalled := dial(t, srv.Listener.Addr().String())
 	fmt.Fprintf(stalled, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -118,14 +128,31 @@ func TestDesktopStreamDropsStalledViewer(t *testing.T) {
 	}
 
 	// The still screen sends a keepalive every 2s: the reading viewer,
-	// idle far longer than 300ms between frames, is not taken for stalled.
-	for range 2 {
-		if _, err := reading.NextPart(); err != nil {
-			t.Fatalf("the reading viewer: %v", err)
+	// idle longer than stall_timeout between frames, is not taken for
+	// stalled.
+	got := 0
+	for quiet := time.After(5 * time.Second); quiet != nil; {
+		select {
+		case err := <-parts:
+			if err != nil {
+				t.Fatalf("the reading viewer, after %d more frames: %v", got, err)
+			}
+			got++
+		case <-quiet:
+			quiet = nil
 		}
+	}
+	if got < 1 {
+		t.Errorf("the reading viewer got %d frames in 5s", got)
 	}
 	if n := ds.viewers.Load(); n != 1 {
 		t.Errorf("%d viewers", n)
+	}
+	reading.Close()
+	for err := range parts { // until the reader sees its body closed
+		if err != nil {
+			break
+		}
 	}
 }
 
