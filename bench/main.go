@@ -11,6 +11,10 @@
 //	floor          the simulator, no proxy (the client's and network's share)
 //	reverse_proxy  Caddy's reverse_proxy with flush_interval -1
 //	nginx          Debian's nginx with proxy_buffering off (skipped if absent)
+//	fastapi        the hand-written way the tutorials teach: FastAPI's
+//	               StreamingResponse over httpx, one uvicorn worker
+//	               (bench/peers/fastapi_proxy.py; skipped if Debian's
+//	               python3-fastapi, python3-uvicorn, python3-httpx are absent)
 //	openai         llm_proxy relaying OpenAI's framing
 //	sse, ndjson    llm_proxy re-framing for EventSource and fetch readers
 //
@@ -23,6 +27,7 @@ package main
 import (
 	"cmp"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -42,6 +47,8 @@ import (
 
 type config struct {
 	caddy, nginx     string
+	python           string // the interpreter with FastAPI, uvicorn and httpx
+	fastapi          string // their versions, once found
 	streams          []int
 	burst            int
 	targets          []string
@@ -58,6 +65,12 @@ type config struct {
 type target struct {
 	name  string
 	query string // appended to the endpoint
+	// h2c: past the descriptor limit this target multiplexes its upstream
+	// over h2c (the Caddy targets); the others stay on HTTP/1.1.
+	h2c bool
+	// oneProcess: every stream's two descriptors are in one process, which
+	// has neither h2c nor a second worker; skipped past the limit.
+	oneProcess bool
 	// config writes the target's configuration and returns its command
 	// line, and its admin address if it is a Caddy.
 	config func(c *config, listen, sim string, h2c bool) (admin string, argv []string, err error)
@@ -65,7 +78,7 @@ type target struct {
 
 var targets = []target{
 	{name: "floor"},
-	{name: "reverse_proxy", config: caddyTarget(func(sim string, h2c bool) string {
+	{name: "reverse_proxy", h2c: true, config: caddyTarget(func(sim string, h2c bool) string {
 		scheme := ""
 		if h2c {
 			scheme = "h2c://"
@@ -73,9 +86,10 @@ var targets = []target{
 		return "reverse_proxy " + scheme + sim + " {\n\t\tflush_interval -1\n\t}"
 	})},
 	{name: "nginx", config: nginxTarget},
-	{name: "openai", config: llmTarget("openai")},
-	{name: "sse", query: "?format=sse", config: llmTarget("sse")},
-	{name: "ndjson", query: "?format=ndjson", config: llmTarget("ndjson")},
+	{name: "fastapi", oneProcess: true, config: fastapiTarget},
+	{name: "openai", h2c: true, config: llmTarget("openai")},
+	{name: "sse", h2c: true, query: "?format=sse", config: llmTarget("sse")},
+	{name: "ndjson", h2c: true, query: "?format=ndjson", config: llmTarget("ndjson")},
 }
 
 func main() {
@@ -83,9 +97,10 @@ func main() {
 	var streams, names, interval string
 	flag.StringVar(&c.caddy, "caddy", "", "a Caddy built from ./cmd/caddy (default: build one)")
 	flag.StringVar(&c.nginx, "nginx", "nginx", "the nginx binary; the nginx target is skipped if it is missing")
+	flag.StringVar(&c.python, "python", "/usr/bin/python3", "the Python with FastAPI, uvicorn and httpx (Debian's, not a pyenv shim); the fastapi target is skipped without them")
 	flag.StringVar(&streams, "streams", "100,1000,10000", "concurrent streams of each paced scenario")
 	flag.IntVar(&c.burst, "burst", 1000, "concurrent short streams (5 chunks each) of the burst scenario; 0 skips it")
-	flag.StringVar(&names, "targets", "floor,reverse_proxy,nginx,openai,sse,ndjson", "the targets to measure")
+	flag.StringVar(&names, "targets", "floor,reverse_proxy,nginx,fastapi,openai,sse,ndjson", "the targets to measure")
 	flag.DurationVar(&c.warmup, "warmup", 6*time.Second, "ramp-up and settling before each measurement")
 	flag.DurationVar(&c.duration, "duration", 15*time.Second, "each measurement window")
 	flag.StringVar(&interval, "interval", "20ms-50ms", "the simulator's pause between chunks, or a range it draws from")
@@ -149,6 +164,12 @@ func main() {
 		log.Printf("no nginx (%v): skipping the nginx target; apt-get install nginx to include it", err)
 		c.targets = slices.DeleteFunc(c.targets, func(n string) bool { return n == "nginx" })
 	}
+	if slices.Contains(c.targets, "fastapi") {
+		if c.fastapi, err = fastapiVersions(c.python); err != nil {
+			log.Printf("no FastAPI (%v): skipping the fastapi target; apt-get install python3-fastapi python3-uvicorn python3-httpx to include it", err)
+			c.targets = slices.DeleteFunc(c.targets, func(n string) bool { return n == "fastapi" })
+		}
+	}
 
 	var results []*result
 	failed := false // a target that did not run, or a stream that failed
@@ -166,6 +187,13 @@ func main() {
 		for run := 1; run <= c.runs; run++ {
 			for _, t := range targets {
 				if !slices.Contains(c.targets, t.name) {
+					continue
+				}
+				if t.oneProcess && pastNofile(sc.streams) {
+					if run == 1 {
+						log.Printf("%s, %s: skipped: %d streams need more descriptors than the open-file limit (%d) gives one process",
+							sc.name, t.name, sc.streams, nofile())
+					}
 					continue
 				}
 				log.Printf("%s, %s, run %d of %d", sc.name, t.name, run, c.runs)
@@ -251,7 +279,7 @@ func (r *result) summary() string {
 func measure(c *config, sc scenario, t target) (*result, error) {
 	// Each stream costs a proxy two descriptors with an HTTP/1.1 upstream;
 	// past the limit, the Caddy targets multiplex their upstream over h2c.
-	h2c := uint64(2*sc.streams+256) > nofile()
+	h2c := pastNofile(sc.streams)
 	sim := freePort()
 	simProc, err := startSimulator(c, sim, sc)
 	if err != nil {
@@ -343,7 +371,7 @@ func measure(c *config, sc scenario, t target) (*result, error) {
 		TTFBP50:  l.ttfb.quantile(0.5), TTFBP99: l.ttfb.quantile(0.99),
 		RSSIdle: idle, RSSLoad: median(rss), OpenStreams: median(open),
 	}
-	if h2c && t.name != "floor" && t.name != "nginx" {
+	if h2c && t.h2c {
 		r.Upstream = "h2c"
 	}
 	if n := l.chunks.Load(); n > 0 {
@@ -358,6 +386,10 @@ func measure(c *config, sc scenario, t target) (*result, error) {
 	r.Errors, r.ErrorKinds = l.errors()
 	return r, nil
 }
+
+// pastNofile tells whether a proxy process would run out of descriptors
+// with streams HTTP/1.1 streams, two descriptors each.
+func pastNofile(streams int) bool { return uint64(2*streams+256) > nofile() }
 
 func startSimulator(c *config, listen string, sc scenario) (*proc, error) {
 	lo, hi := c.interval[0], c.interval[1]
@@ -459,6 +491,35 @@ http {
 		return "", nil, err
 	}
 	return "", []string{c.nginx, "-p", c.dir, "-c", path}, nil
+}
+
+//go:embed peers/fastapi_proxy.py
+var fastapiProxy []byte
+
+// fastapiVersions checks that python can run the fastapi target and says
+// with what.
+func fastapiVersions(python string) (string, error) {
+	out, err := exec.Command(python, "-c", `import sys, fastapi, uvicorn, httpx
+print("FastAPI %s, uvicorn %s, httpx %s, Python %s" % (fastapi.__version__, uvicorn.__version__, httpx.__version__, sys.version.split()[0]))`).CombinedOutput()
+	if err != nil {
+		if why := lastLines(out, 1); why != "" {
+			return "", fmt.Errorf("%s: %s", python, why) // such as No module named 'fastapi'
+		}
+		return "", err
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// fastapiTarget is bench/peers/fastapi_proxy.py: the tutorials' way, in one
+// uvicorn worker. Like nginx it stays on HTTP/1.1 to the simulator whatever
+// the number of streams.
+func fastapiTarget(c *config, listen, sim string, _ bool) (string, []string, error) {
+	path := filepath.Join(c.dir, "fastapi_proxy.py")
+	if err := os.WriteFile(path, fastapiProxy, 0o644); err != nil {
+		return "", nil, err
+	}
+	return "", []string{c.python, path, "--upstream", "http://" + sim + "/v1/chat/completions",
+		"--host", host(listen), "--port", port(listen)}, nil
 }
 
 // saveProfile fetches a CPU profile from a Caddy's admin endpoint.

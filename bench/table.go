@@ -60,8 +60,12 @@ func machine(c *config) string {
 	if out, err := exec.Command(c.nginx, "-v").CombinedOutput(); err == nil {
 		nginx = strings.TrimSpace(strings.TrimPrefix(string(out), "nginx version: "))
 	}
+	peers := nginx
+	if c.fastapi != "" {
+		peers += "; " + c.fastapi
+	}
 	return fmt.Sprintf("%s, %d cores, %s, %s; %s; chunks every %s to %s; %s warm-up, %s measured per row",
-		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), model, runtime.Version(), nginx,
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), model, runtime.Version(), peers,
 		c.interval[0], c.interval[1], c.warmup, c.duration)
 }
 

@@ -67,6 +67,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"duplicate timeout", "llm_proxy {\n\tto http://x/v1\n\ttimeouts {\n\t\tidle 1s\n\t\tidle 2s\n\t}\n}", "timeouts: duplicate subdirective idle"},
 		{"header_up arity", "llm_proxy {\n\tto http://x/v1\n\theader_up X-A\n}", "wrong argument count"},
 		{"bad policy", "llm_proxy http://a/v1 {\n\tlb_policy fastest\n}", `unknown lb_policy "fastest"`},
+		{"bad auth", "llm_proxy http://a/v1 {\n\tauth basic\n}", `unknown auth "basic": want bearer or x-api-key`},
+		{"bad upstream auth", "llm_proxy {\n\tupstream http://a/v1 {\n\t\tauth\n\t}\n}", "wrong argument count"},
 		{"bad retries", "llm_proxy http://a/v1 {\n\tretries -1\n}", `bad retries "-1": want an integer of at least 0`},
 		{"unknown upstream setting", "llm_proxy {\n\tupstream http://a/v1 {\n\t\tprice 3\n\t}\n}", "upstream: unknown subdirective price"},
 		{"model renamed twice", "llm_proxy {\n\tupstream http://a/v1 {\n\t\tmodel a b\n\t\tmodel a c\n\t}\n}", `model "a" renamed twice`},

@@ -86,10 +86,18 @@ func nonEmptyArg(d *caddyfile.Dispenser) (string, error) {
 func choiceArg(d *caddyfile.Dispenser, choices ...string) (string, error) {
 	name := d.Val()
 	s, err := oneArg(d)
-	if err == nil && !slices.Contains(choices, s) {
-		err = badArg(d, name, s, strings.Join(choices, " or "))
+	if err == nil {
+		err = choice(d, name, s, choices...)
 	}
 	return s, err
+}
+
+// choice checks s, an argument of name, against choices.
+func choice(d *caddyfile.Dispenser, name, s string, choices ...string) error {
+	if !slices.Contains(choices, s) {
+		return badArg(d, name, s, strings.Join(choices, " or "))
+	}
+	return nil
 }
 
 // parsedArg reads one argument that parse accepts, and words parse's error.
@@ -114,6 +122,11 @@ func intArg(d *caddyfile.Dispenser, lo, hi int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return parseInt(d, name, s, lo, hi)
+}
+
+// parseInt reads s, an argument of name, as an integer from lo to hi.
+func parseInt(d *caddyfile.Dispenser, name, s string, lo, hi int) (int, error) {
 	n, err := strconv.Atoi(s)
 	if err != nil || n < lo || n > hi {
 		want := "an integer from " + strconv.Itoa(lo) + " to " + strconv.Itoa(hi)

@@ -21,6 +21,7 @@ import (
 	"github.com/llmstream/caddy-llmstream/chunk"
 	"github.com/llmstream/caddy-llmstream/frame"
 	"github.com/llmstream/caddy-llmstream/guard"
+	"github.com/llmstream/caddy-llmstream/ratelimit"
 	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
@@ -63,6 +64,11 @@ type LLMProxy struct {
 	// config loads, so the key itself never appears in the config.
 	APIKey string `json:"api_key,omitempty"`
 
+	// How the key is sent: bearer ("Authorization: Bearer <key>") or
+	// x-api-key ("x-api-key: <key>", for Anthropic-style APIs). Upstreams
+	// may set their own. Default: bearer.
+	Auth string `json:"auth,omitempty"`
+
 	// The model used when a request names none.
 	Model string `json:"model,omitempty"`
 
@@ -88,16 +94,49 @@ type LLMProxy struct {
 	// Default: 1 MiB.
 	MaxEventSize int `json:"max_event_size,omitempty"`
 
-	// Per-client rate limit. Refused requests never reach the upstream.
+	// Per-client rate limit, and token budget. Refused requests never
+	// reach the upstream.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// The models clients may ask for, after model fills in for a request
+	// naming none (an upstream's rename of a model comes after). A request
+	// for another is refused 404 model_not_found. Default: any.
+	Models []string `json:"models,omitempty"`
+
+	// The largest max_tokens (or max_completion_tokens) a request may ask
+	// for. A request over it is refused 400 naming the cap, or lowered to
+	// it with max_tokens_clamp; a request without one is sent with it, so
+	// that no generation is unbounded. Default: no cap.
+	MaxTokens int `json:"max_tokens,omitempty"`
+
+	// Lower a max_tokens over the cap instead of refusing the request.
+	MaxTokensClamp bool `json:"max_tokens_clamp,omitempty"`
+
+	// The most choices (n) a request may ask for. Default: 1.
+	MaxN int `json:"max_n,omitempty"`
+
+	// The most messages a request may hold. Default: no cap.
+	MaxMessages int `json:"max_messages,omitempty"`
+
+	// The most characters of text a request's messages may hold
+	// together. Default: no cap.
+	MaxPrompt int `json:"max_prompt,omitempty"`
+
+	// Lets pages of other origins call llm_proxy from a browser. Default:
+	// none, and a browser's requests from other origins are refused.
+	CORS *CORSConfig `json:"cors,omitempty"`
 
 	format       frame.Format
 	heartbeat    time.Duration
 	writeTimeout time.Duration
 	maxTries     int // upstreams a request may try; 0: all
 	pool         *upstream.Pool
+	modelList    *upstream.ModelList // the pool's /v1/models
 	poolKey      string
 	logger       *zap.Logger
+	limits       *upstream.Limits
+	cors         *guard.CORS
+	allowOrigin  func(origin string) bool // cors's allowlist, for the cross-site guard
 }
 
 // UpstreamConfig is one upstream with settings of its own.
@@ -106,6 +145,9 @@ type UpstreamConfig struct {
 	To string `json:"to,omitempty"`
 	// This upstream's key. Default: the directive's api_key.
 	APIKey string `json:"api_key,omitempty"`
+	// How this upstream takes its key: bearer or x-api-key. Default: the
+	// directive's auth.
+	Auth string `json:"auth,omitempty"`
 	// Model renames for this upstream: a request for the key's model asks
 	// this upstream for the value's (gpt-4o -> deepseek-chat).
 	Models map[string]string `json:"models,omitempty"`
@@ -187,6 +229,9 @@ func (h *LLMProxy) Provision(ctx caddy.Context) error {
 	if h.Retries != nil {
 		h.maxTries = *h.Retries + 1
 	}
+	if err := h.provisionGuards(); err != nil {
+		return err
+	}
 	return h.provisionPool(ctx, t)
 }
 
@@ -222,7 +267,7 @@ func (h *LLMProxy) Validate() error {
 			return fmt.Errorf("llm_proxy: durations must not be negative, got %s", time.Duration(*d))
 		}
 	}
-	return nil
+	return h.validateGuards()
 }
 
 // Cleanup lets go of the upstream pool and the rate limit.
@@ -236,29 +281,36 @@ func (h *LLMProxy) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP answers one chat request.
+// ServeHTTP answers one request: a chat completion, or another endpoint of
+// the API (see route).
 func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.cors != nil {
+		if guard.IsPreflight(r) {
+			return h.preflight(w, r)
+		}
+		h.cors.SetHeaders(w.Header(), r) // on every answer: a page reads its errors too
+	}
+	switch kind, path := route(r); kind {
+	case endpointResponses:
+		if websocketUpgrade(r) {
+			return h.refuseUpgrade(w, r)
+		}
+	case endpointModels:
+		return h.serveModels(w, r, path)
+	case endpointOther:
+		return h.servePass(w, r, path)
+	}
 	start := time.Now()
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
-			Message: "method " + r.Method + " not allowed: use POST with a chat-completions body or GET with ?prompt="})
+			Message: "method " + r.Method + " not allowed: use POST with a JSON body or GET with ?prompt="})
 	}
-	if err := guard.CrossSite(r, nil); err != nil {
-		status := http.StatusForbidden
-		if errors.Is(err, guard.ErrNotJSON) {
-			status = http.StatusUnsupportedMediaType
-		}
-		return h.reject(w, r, &chunk.Error{Status: status, Type: chunk.TypeInvalidRequest, Message: err.Error()})
+	release, denied := h.admit(w, r)
+	if denied != nil {
+		return h.reject(w, r, denied)
 	}
-	if h.RateLimit != nil {
-		release, refused := h.RateLimit.Admit(w, r)
-		if refused != nil {
-			return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
-				Message: refused.Message, RetryAfter: refused.RetryAfter})
-		}
-		defer release()
-	}
+	defer release()
 	format, err := frame.Negotiate(r.URL.Query().Get("format"), r.Header.Get("Accept"), h.format)
 	if err != nil {
 		return h.reject(w, r, &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Message: err.Error()})
@@ -266,7 +318,7 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	// An EventSource that reconnects after its stream ended presents the
 	// stream's ID. A completion cannot be resumed, and starting it over would
 	// bill it again: 204 tells the EventSource to stop.
-	if format == frame.SSE && r.Header.Get("Last-Event-ID") != "" {
+	if (format == frame.SSE || format == frame.OpenAI) && r.Header.Get("Last-Event-ID") != "" {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
@@ -274,40 +326,35 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	if err != nil {
 		return h.reject(w, r, asError(err))
 	}
-
-	rec := &record{start: start, format: format, model: req.Model}
-	defer h.finish(r, rec)
-	rec.outcome, rec.err = h.relay(w, r, req, rec)
-	switch {
-	case rec.outcome == outcomeRejected:
-		e := asError(rec.err)
-		rec.status = e.Status
-		return h.reject(w, r, e)
-	case rec.err != nil:
-		// The framing's error signal is out (the text framing has none);
-		// breaking the response makes sure no client mistakes what it got
-		// for a complete answer. But an abort closes the socket at once,
-		// and a reset that follows the data can make the client's kernel
-		// drop what it has not read yet, the error signal included: give
-		// the client a moment first.
-		linger := time.NewTimer(abortLinger)
-		select {
-		case <-r.Context().Done():
-		case <-linger.C:
-		}
-		linger.Stop()
-		panic(http.ErrAbortHandler)
+	tab, refused := h.RateLimit.Reserve(w, r, ratelimit.Cost{PromptChars: req.PromptChars, MaxTokens: req.MaxTokens, N: req.N})
+	if refused != nil {
+		return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
+			Message: refused.Message, RetryAfter: refused.RetryAfter})
 	}
-	return nil
+	defer tab.Settle()
+
+	rec := &record{start: start, format: format, model: req.Model, span: recordingSpan(r)}
+	defer h.finish(r, rec)
+	rec.outcome, rec.err = h.relay(w, r, req, rec, tab)
+	if rec.outcome == outcomeRejected {
+		tab.Refund() // no upstream generated anything
+	}
+	return h.conclude(w, r, rec)
 }
 
 // relay answers req from the pool and returns the outcome with the error
 // that ended it: outcomeRejected when nothing was sent and the error is the
 // client's answer; otherwise an error means the response broke after its
-// headers went out, and its framing's error signal (if any) was sent.
-func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.Request, rec *record) (string, error) {
+// headers went out, and its framing's error signal (if any) was sent. Each
+// chunk is counted on tab, which cuts the stream once it crosses its
+// client's token budget.
+func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.Request, rec *record, tab *ratelimit.Tab) (string, error) {
 	ctx, stop := untilExit(r)
 	defer stop()
+	// A stream cut for a reason of its own (its token budget) cancels its
+	// upstream at once, and no other upstream may take over.
+	ctx, cut := context.WithCancelCause(ctx)
+	defer cut(nil)
 	run := h.pool.Attempt(rec.start, req.Model, h.maxTries, rec)
 	st, err := run.Open(ctx, req)
 	if err != nil {
@@ -321,7 +368,7 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 		run.Answered()
 		st.Commit()
 		req.Release()
-		return h.relayWhole(w, r, st, rec)
+		return h.relayWhole(w, r, st, rec, tab)
 	}
 
 	fw, done := h.startStream(w, r, req, rec)
@@ -343,9 +390,19 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 		if err == nil {
 			run.Answered()
 			rec.read(&c, run.Member())
-			if !sent && !holding && contentFree(&c) {
-				held, holding = c, true
-				held.Raw = append([]byte(nil), c.Raw...)
+			if err = tab.Count(&c); err != nil {
+				cut(err)
+			}
+		}
+		if err == nil {
+			if !sent && contentFree(&c) && (!holding || fw.Format() != frame.OpenAI) {
+				if fw.Format() == frame.OpenAI {
+					held, holding = c, true
+					held.Raw = append([]byte(nil), c.Raw...)
+					held.Event = append([]byte(nil), c.Event...)
+				}
+				// The other framings show nothing of it, however many
+				// there are (a Responses stream starts with several).
 				continue
 			}
 			if holding {
@@ -408,7 +465,7 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 			err = errShuttingDown
 		}
 		e, outcome := h.streamError(err)
-		_ = fw.Fail(e)
+		rec.signalled = fw.Fail(e) == nil
 		return outcome, err
 	}
 }
@@ -428,6 +485,7 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 	rc := http.NewResponseController(w)
 	fw := frame.NewWriter(w, rc.Flush, rec.format)
 	fw.IncludeUsage = req.IncludeUsage
+	fw.TypedEvents = req.API == upstream.Responses
 	fw.StreamID = "llmstream"
 	rec.fw = fw
 	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {
@@ -443,14 +501,26 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 
 // buildRequest reads the client's request into an upstream request.
 func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream.Request, error) {
+	if kind, path := route(r); kind == endpointResponses {
+		return h.buildResponsesRequest(r, path, format)
+	}
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
 		model := q.Get("model")
 		if model == "" {
 			model = h.Model
 		}
-		return upstream.FromPrompt(q.Get("prompt"), model)
+		return h.limits.FromPrompt(q.Get("prompt"), model)
 	}
+	body, err := h.readBody(r)
+	if err != nil {
+		return nil, err
+	}
+	return h.limits.FromJSON(body, format != frame.OpenAI, h.Model)
+}
+
+// readBody reads the request's body, up to max_body.
+func (h *LLMProxy) readBody(r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, h.MaxBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -460,12 +530,19 @@ func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream
 		}
 		return nil, &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Message: "reading request body failed"}
 	}
-	return upstream.FromJSON(body, format != frame.OpenAI, h.Model)
+	return body, nil
 }
 
 // relayWhole passes on a non-streamed answer, read whole and checked by
-// the upstream client before any of it goes out.
-func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record) (string, error) {
+// the upstream client before any of it goes out. Its usage is charged on
+// tab, which has nothing left to cut.
+func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstream.Stream, rec *record, tab *ratelimit.Tab) (string, error) {
+	if tab != nil {
+		var c chunk.Chunk
+		if st.DecodeWhole(&c) == nil {
+			_ = tab.Count(&c)
+		}
+	}
 	ct := "application/json"
 	if mt, _, _ := mime.ParseMediaType(st.Header().Get("Content-Type")); mt == "text/event-stream" {
 		ct = mt // an upstream that streamed anyway
@@ -487,7 +564,10 @@ func (h *LLMProxy) relayWhole(w http.ResponseWriter, r *http.Request, st *upstre
 // log: they name internal addresses.
 func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 	var ue *chunk.Error
+	var spent *ratelimit.Exceeded
 	switch {
+	case errors.As(err, &spent):
+		return &chunk.Error{Type: chunk.TypeRateLimit, Message: spent.Error()}, outcomeRateLimited
 	case errors.As(err, &ue):
 		return ue, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrFirstChunkTimeout), errors.Is(err, upstream.ErrIdleTimeout), errors.Is(err, upstream.ErrTotalTimeout):
@@ -496,6 +576,8 @@ func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 		return &chunk.Error{Type: chunk.TypeServer, Message: err.Error()}, outcomeUpstreamError
 	case errors.Is(err, frame.ErrContent):
 		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent content this framing cannot carry"}, outcomeUpstreamError
+	case errors.Is(err, upstream.ErrZstdWindow):
+		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent zstd with a window over 8 MiB, more than the proxy decodes"}, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrLineTooLong):
 		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent an event larger than the proxy accepts"}, outcomeUpstreamError
 	default:

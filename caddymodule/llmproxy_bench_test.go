@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap"
@@ -29,9 +30,14 @@ func BenchmarkRelay(b *testing.B) {
 	}))
 	defer up.Close()
 
-	for _, format := range []string{"openai", "sse", "ndjson", "text"} {
+	// The last counts every chunk against a token budget it never spends.
+	for _, format := range []string{"openai", "sse", "ndjson", "text", "sse+tokens"} {
 		b.Run(format, func(b *testing.B) {
-			h := provisionProxy(b, "llm_proxy "+up.URL+"/v1 {\n\tformat "+format+"\n}")
+			f, budget, _ := strings.Cut(format, "+")
+			if budget != "" {
+				budget = "\n\trate_limit 1000000000-D {\n\t\ttokens 1000000000000-D\n\t}"
+			}
+			h := provisionProxy(b, "llm_proxy "+up.URL+"/v1 {\n\tformat "+f+budget+"\n}")
 			h.logger = zap.NewNop() // one line per stream would flood the output
 			srv := serveProxy(b, h)
 			client := srv.Client()

@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"net/http"
+	"slices"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -9,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/llmstream/caddy-llmstream/frame"
+	"github.com/llmstream/caddy-llmstream/guard"
 	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
@@ -33,6 +36,7 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		to <base_url>...
 //		upstream <base_url> {
 //			api_key <key>
+//			auth bearer|x-api-key
 //			model <from> <to>
 //			weight <n>
 //		}
@@ -40,6 +44,7 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		retries <n>
 //		health_check <interval>
 //		api_key <key>
+//		auth bearer|x-api-key
 //		model <name>
 //		format openai|sse|ndjson|text
 //		heartbeat <duration>
@@ -47,6 +52,15 @@ func parseLLMProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //		max_event_size <size>
 //		header_up <name> <value>
 //		rate_limit <rate> [{ ... }]
+//		models <name>...
+//		max_tokens <n> [reject|clamp]
+//		max_n <n>
+//		max_messages <n>
+//		max_prompt <n>
+//		cors <origin>... {
+//			allow_credentials
+//			max_age <duration>
+//		}
 //		timeouts {
 //			dial <duration>
 //			first_chunk <duration>
@@ -87,6 +101,8 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.HealthCheck, err = durationArg(d)
 		case "api_key":
 			h.APIKey, err = oneArg(d)
+		case "auth":
+			h.Auth, err = parsedArg(d, upstream.ParseAuth)
 		case "model":
 			h.Model, err = oneArg(d)
 		case "format":
@@ -112,6 +128,20 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.HeaderUp.Add(k, v)
 		case "rate_limit":
 			h.RateLimit, err = parseRateLimit(d)
+		case "models":
+			if h.Models = d.RemainingArgs(); len(h.Models) == 0 {
+				err = d.ArgErr()
+			}
+		case "max_tokens":
+			h.MaxTokens, h.MaxTokensClamp, err = parseMaxTokens(d)
+		case "max_n":
+			h.MaxN, err = intArg(d, 1, unbounded)
+		case "max_messages":
+			h.MaxMessages, err = intArg(d, 1, unbounded)
+		case "max_prompt":
+			h.MaxPrompt, err = intArg(d, 1, unbounded)
+		case "cors":
+			h.CORS, err = parseCORS(d)
 		case "timeouts":
 			if err = noArgs(d); err == nil {
 				err = h.unmarshalTimeouts(d)
@@ -123,7 +153,7 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}, "header_up", "upstream")
 }
 
-// parseUpstream reads `upstream <base_url> { api_key, model <from> <to>, weight }`.
+// parseUpstream reads `upstream <base_url> { api_key, auth, model <from> <to>, weight }`.
 func parseUpstream(d *caddyfile.Dispenser) (*UpstreamConfig, error) {
 	u := new(UpstreamConfig)
 	var err error
@@ -134,6 +164,8 @@ func parseUpstream(d *caddyfile.Dispenser) (*UpstreamConfig, error) {
 		switch name {
 		case "api_key":
 			u.APIKey, err = oneArg(d)
+		case "auth":
+			u.Auth, err = parsedArg(d, upstream.ParseAuth)
 		case "model":
 			var from, to string
 			if !d.Args(&from, &to) || d.NextArg() {
@@ -153,6 +185,51 @@ func parseUpstream(d *caddyfile.Dispenser) (*UpstreamConfig, error) {
 		}
 		return err
 	}, "model")
+}
+
+// parseMaxTokens reads `max_tokens <n> [reject|clamp]`.
+func parseMaxTokens(d *caddyfile.Dispenser) (n int, clamp bool, err error) {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return 0, false, d.ArgErr()
+	}
+	if n, err = parseInt(d, "max_tokens", args[0], 1, unbounded); err != nil {
+		return 0, false, err
+	}
+	if len(args) == 2 {
+		if err = choice(d, "max_tokens", args[1], "reject", "clamp"); err != nil {
+			return 0, false, err
+		}
+	}
+	return n, len(args) == 2 && args[1] == "clamp", nil
+}
+
+// parseCORS reads `cors <origin>... [{ allow_credentials, max_age <duration> }]`,
+// refusing what guard.CORS would refuse at load time.
+func parseCORS(d *caddyfile.Dispenser) (*CORSConfig, error) {
+	c := &CORSConfig{Origins: d.RemainingArgs()}
+	if len(c.Origins) == 0 {
+		return nil, d.ArgErr()
+	}
+	err := block(d, "cors", func(name string) (err error) {
+		switch name {
+		case "allow_credentials":
+			c.AllowCredentials, err = true, noArgs(d)
+		case "max_age":
+			c.MaxAge, err = durationArg(d)
+		default:
+			err = errUnknown
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	check := guard.CORS{Origins: slices.Clone(c.Origins), Credentials: c.AllowCredentials, MaxAge: time.Duration(c.MaxAge)}
+	if err := check.Validate(); err != nil {
+		return nil, d.Err(err.Error())
+	}
+	return c, nil
 }
 
 func (h *LLMProxy) unmarshalTimeouts(d *caddyfile.Dispenser) error {

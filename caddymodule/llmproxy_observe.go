@@ -4,13 +4,18 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -26,12 +31,14 @@ const (
 	outcomeUpstreamError = "upstream_error"
 	outcomeTimeout       = "timeout"
 	outcomeRejected      = "rejected"
+	outcomeRateLimited   = "rate_limited" // cut mid-stream by its token budget
 )
 
 // record is what one request did, for its log line, the metrics and the
 // placeholders.
 type record struct {
 	start    time.Time
+	api      string // the API path of a request that is not a chat completion
 	format   frame.Format
 	model    string
 	upstream *upstream.Member // the one streaming
@@ -40,6 +47,9 @@ type record struct {
 	status   int
 	outcome  string
 	err      error
+	// signalled tells that the failure in err went out in the framing's
+	// own error signal, so the response can end cleanly.
+	signalled bool
 
 	firstByte  time.Duration // the upstream's first chunk
 	firstToken time.Duration // the first chunk with content
@@ -51,6 +61,22 @@ type record struct {
 	// Deltas read from the upstream after the client left, never delivered.
 	undelivered int
 	logged      bool
+
+	// The request's span when Caddy's tracing records it, else nil: then
+	// nothing below costs more than this nil check.
+	span trace.Span
+	// The response id, read from the streaming upstream's first chunk
+	// when idWanted: the chunk parser skips the id, which only traces use.
+	respID   string
+	idWanted bool
+}
+
+// recordingSpan is r's span if Caddy's tracing records it, else nil.
+func recordingSpan(r *http.Request) trace.Span {
+	if s := trace.SpanFromContext(r.Context()); s.IsRecording() {
+		return s
+	}
+	return nil
 }
 
 // read notes a chunk read from the upstream.
@@ -71,6 +97,10 @@ func (rec *record) read(c *chunk.Chunk, m *upstream.Member) {
 			metrics.ttft.WithLabelValues(m.Name).Observe(since.Seconds())
 		}
 	}
+	if rec.idWanted {
+		rec.idWanted = false // once, even when the chunk has no id
+		rec.respID = chunkID(c.Raw)
+	}
 	rec.chunks++
 	rec.bytes += len(c.Raw)
 	rec.lastChunk, rec.readAt = now, now
@@ -87,6 +117,7 @@ func (rec *record) Opened(m *upstream.Member) {
 		metrics.open.WithLabelValues(rec.upstream.Name).Dec()
 	}
 	rec.upstream = m
+	rec.respID, rec.idWanted = "", rec.span != nil // a failover's answer has an id of its own
 	metrics.open.WithLabelValues(m.Name).Inc()
 	rec.gap = metrics.gap.WithLabelValues(m.Name) // looked up once, not per chunk
 }
@@ -109,12 +140,16 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 		rec.outcome = outcomeUpstreamError
 	}
 	name := ""
-	if rec.upstream != nil {
-		name = rec.upstream.Name
-		metrics.open.WithLabelValues(name).Dec()
-	} else if rec.tried != nil {
-		name = rec.tried.Name
+	member := rec.upstream
+	if member != nil {
+		metrics.open.WithLabelValues(member.Name).Dec()
+	} else {
+		member = rec.tried
 	}
+	if member != nil {
+		name = member.Name
+	}
+	requested := rec.model
 	var usage struct {
 		Prompt     int64 `json:"prompt_tokens"`
 		Completion int64 `json:"completion_tokens"`
@@ -145,6 +180,10 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 		metrics.tokens.WithLabelValues(name, "completion").Add(float64(usage.Completion))
 	}
 
+	if rec.span != nil {
+		rec.traced(member, requested, finishReason, rawUsage != nil, usage.Prompt, usage.Completion)
+	}
+
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.llm.upstream", name)
 		repl.Set("http.llm.model", rec.model)
@@ -163,6 +202,7 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 		return
 	}
 	fields := []zap.Field{
+		zap.String("api", orDefault(rec.api, "chat/completions")),
 		zap.String("upstream", name),
 		zap.String("model", rec.model),
 		zap.String("format", rec.format.String()),
@@ -191,6 +231,105 @@ func (h *LLMProxy) finish(r *http.Request, rec *record) {
 	c.Write(fields...)
 }
 
+// traced sets the OpenTelemetry GenAI semantic-convention attributes on
+// the request's span, and the first-token event at its time. Never the
+// prompt or the output: traces often go where the conversation must not.
+func (rec *record) traced(m *upstream.Member, requested, finishReason string, hasUsage bool, in, out int64) {
+	attrs := make([]attribute.KeyValue, 0, 10)
+	attrs = append(attrs, attribute.String("gen_ai.operation.name", genAIOperation(rec.api)))
+	if m != nil {
+		attrs = append(attrs, attribute.String("gen_ai.provider.name", genAIProvider(m.BaseURL)))
+		if to, ok := m.Models[requested]; ok {
+			requested = to // what this upstream was asked for
+		}
+	}
+	if requested != "" {
+		attrs = append(attrs, attribute.String("gen_ai.request.model", requested))
+	}
+	if rec.fw != nil && rec.fw.Model() != "" {
+		attrs = append(attrs, attribute.String("gen_ai.response.model", rec.fw.Model()))
+	}
+	if rec.respID != "" {
+		attrs = append(attrs, attribute.String("gen_ai.response.id", rec.respID))
+	}
+	if hasUsage {
+		attrs = append(attrs, attribute.Int64("gen_ai.usage.input_tokens", in), attribute.Int64("gen_ai.usage.output_tokens", out))
+	}
+	if finishReason != "" {
+		attrs = append(attrs, attribute.StringSlice("gen_ai.response.finish_reasons", []string{finishReason}))
+	}
+	switch rec.outcome {
+	case outcomeCompleted, outcomeClientGone:
+	default:
+		// The status line said 200 before the stream broke, and the
+		// server span would look like a success.
+		attrs = append(attrs, attribute.String("error.type", rec.outcome))
+		rec.span.SetStatus(codes.Error, rec.outcome)
+	}
+	rec.span.SetAttributes(attrs...)
+	if rec.firstToken > 0 {
+		rec.span.AddEvent("first_token", trace.WithTimestamp(rec.start.Add(rec.firstToken)))
+	}
+}
+
+// chunkID reads a chunk's "id", once a stream and only for traces.
+func chunkID(raw []byte) string {
+	var v struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(raw, &v) // no id is no attribute
+	return v.ID
+}
+
+// genAIProviders map upstream hosts to the GenAI semantic conventions'
+// well-known gen_ai.provider.name values. A host matches its domain and
+// every name under it.
+var genAIProviders = []struct{ domain, name string }{
+	{"api.openai.com", "openai"},
+	{"openai.azure.com", "azure.ai.openai"},
+	{"ai.azure.com", "azure.ai.inference"},
+	{"api.deepseek.com", "deepseek"},
+	{"generativelanguage.googleapis.com", "gcp.gemini"},
+	{"aiplatform.googleapis.com", "gcp.vertex_ai"},
+	{"api.anthropic.com", "anthropic"},
+	{"api.cohere.ai", "cohere"},
+	{"api.cohere.com", "cohere"},
+	{"api.mistral.ai", "mistral_ai"},
+	{"api.groq.com", "groq"},
+	{"api.x.ai", "x_ai"},
+	{"api.perplexity.ai", "perplexity"},
+	{"ml.cloud.ibm.com", "ibm.watsonx.ai"},
+}
+
+// genAIProvider names the provider behind an upstream's base URL. One the
+// conventions do not list is named by its host, as they allow: that is
+// what the proxy knows of it, and it stays as few values as upstreams.
+func genAIProvider(base string) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		return "_OTHER"
+	}
+	host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	for _, p := range genAIProviders {
+		if under(host, p.domain) {
+			return p.name
+		}
+	}
+	switch {
+	case strings.HasSuffix(host, "-aiplatform.googleapis.com"): // regional: us-central1-aiplatform...
+		return "gcp.vertex_ai"
+	case strings.HasPrefix(host, "bedrock-runtime.") && strings.HasSuffix(host, ".amazonaws.com"):
+		return "aws.bedrock"
+	}
+	return host
+}
+
+// under tells whether host is domain or a name under it.
+func under(host, domain string) bool {
+	rest, ok := strings.CutSuffix(host, domain)
+	return ok && (rest == "" || strings.HasSuffix(rest, "."))
+}
+
 // metrics are created once and registered with every config's registry:
 // Caddy makes a new registry per config load.
 var metrics = struct {
@@ -212,7 +351,7 @@ func init() {
 	metrics.open = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "streams_open",
 		Help: "Streams open now, by upstream."}, []string{"upstream"})
 	metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
-		Help: "Chat requests by upstream, status and outcome (completed, client_gone, upstream_error, timeout, rejected)."},
+		Help: "Chat requests by upstream, status and outcome (completed, client_gone, upstream_error, timeout, rejected, rate_limited)."},
 		[]string{"upstream", "status", "outcome"})
 	metrics.ttfb = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_to_first_chunk_seconds",
 		Help: "From the request to the upstream's first chunk.", Buckets: lat}, []string{"upstream"})

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ var upstreamPools = caddy.NewUsagePool()
 // pooledUpstreams is what upstreamPools holds.
 type pooledUpstreams struct {
 	pool       *upstream.Pool
+	models     *upstream.ModelList // the pool's /v1/models, cached
 	transports []*http.Transport
 	stop       context.CancelFunc
 	wg         sync.WaitGroup
@@ -60,6 +62,10 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 	for i := range ups {
 		ups[i].To = repl.ReplaceAll(ups[i].To, "")
 		ups[i].APIKey = repl.ReplaceAll(orDefault(ups[i].APIKey, h.APIKey), "")
+		ups[i].Auth = orDefault(orDefault(ups[i].Auth, h.Auth), upstream.AuthBearer)
+		if _, err := upstream.ParseAuth(ups[i].Auth); err != nil {
+			return fmt.Errorf("llm_proxy: %w", err)
+		}
 	}
 	firstChunk := durationOr(t.FirstChunk, defaultFirstChunk)
 	idle := durationOr(t.Idle, defaultIdle)
@@ -100,13 +106,14 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 			client := clientFor(h2c)
 			p.pool.Members = append(p.pool.Members, &upstream.Member{
 				Client: &upstream.Client{
-					HTTP: client, BaseURL: base, Name: upstream.Label(base), APIKey: u.APIKey, Header: header,
+					HTTP: client, BaseURL: base, Name: upstream.Label(base), APIKey: u.APIKey, Auth: u.Auth, Header: header,
 					FirstChunk: firstChunk, Idle: idle, Total: total, MaxLine: h.MaxEventSize,
 				},
 				Weight: u.Weight,
 				Models: u.Models,
 			})
 		}
+		p.models = &upstream.ModelList{Pool: p.pool}
 		checkCtx, stop := context.WithCancel(context.Background())
 		p.stop = stop
 		if h.HealthCheck > 0 && len(p.pool.Members) > 0 {
@@ -118,7 +125,7 @@ func (h *LLMProxy) provisionPool(ctx caddy.Context, t *Timeouts) error {
 	if err != nil {
 		return err
 	}
-	h.pool = val.(*pooledUpstreams).pool
+	h.pool, h.modelList = val.(*pooledUpstreams).pool, val.(*pooledUpstreams).models
 	return nil
 }
 

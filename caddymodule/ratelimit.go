@@ -56,6 +56,13 @@ type RateLimit struct {
 	// or "deny". The start and end of an outage are logged. Default: allow.
 	OnStoreError string `json:"on_store_error,omitempty"`
 
+	// A token budget per client and window, as "<limit>-<S|M|H|D>"
+	// (200000-H): prompt and completion tokens, as the upstream reports
+	// them, in the same store. A request reserves its max_tokens before it
+	// goes upstream, is refused 429 once the budget is spent, and is cut
+	// mid-stream when it crosses it. llm_proxy only. Default: none.
+	Tokens string `json:"tokens,omitempty"`
+
 	// Directives naming the same zone share their counters, which they
 	// otherwise never do; their rate_limit settings must be identical.
 	Zone string `json:"zone,omitempty"`
@@ -85,6 +92,10 @@ func (rl *RateLimit) Provision(ctx caddy.Context, directive string, owner any) e
 		IPv6Prefix:    rl.IPv6Prefix,
 		MaxConcurrent: rl.MaxConcurrent,
 		OnStoreError:  rl.OnStoreError,
+		Tokens:        rl.Tokens,
+	}
+	if rl.Tokens != "" && directive != "llm_proxy" {
+		return fmt.Errorf("rate_limit: tokens applies to llm_proxy only, not %s", directive)
 	}
 	if rl.Store != "" && cfg.Store == "" {
 		return fmt.Errorf("rate_limit: store %q expanded to nothing", rl.Store)
@@ -97,7 +108,7 @@ func (rl *RateLimit) Provision(ctx caddy.Context, directive string, owner any) e
 
 	// The store URL may hold a password: it enters the pool key hashed.
 	settings, err := json.Marshal([]any{cfg.Rate, rl.Key, cfg.Store, cfg.IPv4Prefix, cfg.IPv6Prefix,
-		cfg.MaxConcurrent, cfg.OnStoreError, rl.Zone})
+		cfg.MaxConcurrent, cfg.OnStoreError, rl.Zone, cfg.Tokens})
 	if err != nil {
 		return fmt.Errorf("rate_limit: %w", err)
 	}
@@ -137,15 +148,7 @@ func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func
 	h := w.Header()
 	d.SetHeaders(h, time.Now())
 	if !d.Allowed {
-		retry := h.Get("Retry-After")
-		msg := "rate limit exceeded: " + describeRate(d.Limit, d.Window) + "; retry in " + retry + "s"
-		reason := "rate"
-		if d.StoreError != nil {
-			msg = "rate limit store unavailable and on_store_error is deny; retry in " + retry + "s"
-			reason = "store_error"
-		}
-		rl.logRefused(r, reason)
-		return noRelease, &ratelimit.Refusal{Status: http.StatusTooManyRequests, RetryAfter: retry, Message: msg}
+		return noRelease, rl.refusal(r, h, d, "rate", "rate limit exceeded: "+ratelimit.DescribeRate(d.Limit, d.Window, "request"))
 	}
 	release, ok := rl.limiter.Acquire(key)
 	if !ok {
@@ -158,6 +161,36 @@ func (rl *RateLimit) Admit(w http.ResponseWriter, r *http.Request) (release func
 }
 
 func noRelease() {}
+
+// Reserve takes what a request may cost from its client's token budget
+// (see ratelimit.Limiter.Reserve), once the request is read and before it
+// goes upstream, and sets the token headers on w. It returns the request's
+// tab, nil without a token budget, and when refused, why.
+func (rl *RateLimit) Reserve(w http.ResponseWriter, r *http.Request, c ratelimit.Cost) (*ratelimit.Tab, *ratelimit.Refusal) {
+	if rl == nil || !rl.limiter.HasTokens() {
+		return nil, nil
+	}
+	tab, d := rl.limiter.Reserve(r.Context(), rl.clientKey(r), c)
+	h := w.Header()
+	d.SetTokenHeaders(h, time.Now())
+	if !d.Allowed {
+		return nil, rl.refusal(r, h, d, "tokens", (&ratelimit.Exceeded{Limit: d.Limit, Window: d.Window}).Limited())
+	}
+	return tab, nil
+}
+
+// refusal words the refused decision d, whose headers are on h: limited
+// says which limit, unless the store failed.
+func (rl *RateLimit) refusal(r *http.Request, h http.Header, d ratelimit.Decision, reason, limited string) *ratelimit.Refusal {
+	retry := h.Get("Retry-After")
+	msg := limited
+	if d.StoreError != nil {
+		msg = "rate limit store unavailable and on_store_error is deny"
+		reason = "store_error"
+	}
+	rl.logRefused(r, reason)
+	return &ratelimit.Refusal{Status: http.StatusTooManyRequests, RetryAfter: retry, Message: msg + "; retry in " + retry + "s"}
+}
 
 // clientKey is the key the request counts against. Keys from a placeholder
 // are hashed and namespaced: an API key then never sits in redis in clear, an
@@ -190,28 +223,6 @@ func (rl *RateLimit) logRefused(r *http.Request, reason string) {
 	if c := rl.log.Check(zapcore.DebugLevel, "rate limited"); c != nil {
 		c.Write(zap.String("reason", reason), zap.String("client_ip", clientIP(r)))
 	}
-}
-
-// describeRate says "10 requests per minute".
-func describeRate(limit int64, window time.Duration) string {
-	var unit string
-	switch window {
-	case time.Second:
-		unit = "second"
-	case time.Minute:
-		unit = "minute"
-	case time.Hour:
-		unit = "hour"
-	case 24 * time.Hour:
-		unit = "day"
-	default:
-		unit = window.String()
-	}
-	noun := "requests"
-	if limit == 1 {
-		noun = "request"
-	}
-	return strconv.FormatInt(limit, 10) + " " + noun + " per " + unit
 }
 
 // Cleanup releases this directive's hold on the pooled limiter. It is safe

@@ -19,9 +19,10 @@ import (
 //		max_concurrent <n>
 //		on_store_error allow|deny
 //		zone <name>
+//		tokens <rate>
 //	}
 //
-// The block is optional.
+// The block is optional. tokens is for llm_proxy only.
 func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
 	rl := new(RateLimit)
 	var err error
@@ -47,6 +48,12 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
 			rl.OnStoreError, err = choiceArg(d, "allow", "deny")
 		case "zone":
 			rl.Zone, err = nonEmptyArg(d)
+		case "tokens":
+			if rl.Tokens, err = oneArg(d); err == nil {
+				if verr := (ratelimit.Config{Rate: rl.Rate, Tokens: rl.Tokens}).Validate(); verr != nil {
+					err = d.Errf("rate_limit: %v", verr)
+				}
+			}
 		default:
 			err = errUnknown
 		}

@@ -14,8 +14,13 @@ import "encoding/json"
 // until the next one is decoded.
 type Chunk struct {
 	// Raw is the event's data as the upstream sent it: the JSON of one
-	// chat.completion.chunk (or chat.completion).
+	// chat.completion.chunk (or chat.completion), or of one Responses API
+	// event.
 	Raw []byte
+	// Event is the event's type as the upstream named it on its "event:"
+	// line (the Responses API names every event: response.created, ...);
+	// nil when it sent none. The openai framing relays it with Raw.
+	Event []byte
 
 	// Content is choices[0].delta.content as a JSON string token; nil when
 	// absent, null or "".
@@ -29,7 +34,10 @@ type Chunk struct {
 
 	// FinishReason is choices[0].finish_reason; "" until the last chunk.
 	FinishReason string
-	// Usage is the usage object as a raw JSON object; nil when absent or null.
+	// Usage is the usage object as a raw JSON object, in the chat shape
+	// (prompt_tokens, completion_tokens, total_tokens: a Responses stream's
+	// input_tokens and output_tokens are given those names); nil when
+	// absent or null.
 	Usage json.RawMessage
 	// Model is the model that answered, as the upstream names it.
 	Model string
@@ -37,8 +45,9 @@ type Chunk struct {
 	// chunk (stream_options.include_usage) has none.
 	HasChoices bool
 
-	// Err is set when the event is an error event ({"error":{...}}) instead
-	// of a completion chunk.
+	// Err is set when the event is an error event ({"error":{...}}, or a
+	// Responses stream's error, response.failed or response.incomplete)
+	// instead of a completion chunk.
 	Err *Error
 }
 
@@ -61,6 +70,8 @@ type Error struct {
 	Status  int    `json:"-"`
 	Message string `json:"message"`
 	Type    string `json:"type"`
+	// Param names the request field at fault, as OpenAI's errors do.
+	Param string `json:"param,omitempty"`
 	// Code is the provider's code (a string such as "rate_limit_exceeded" or
 	// null); kept raw because providers disagree on its type.
 	Code json.RawMessage `json:"code,omitempty"`

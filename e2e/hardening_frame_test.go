@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // framingConfig proxies / to the upstream at to, framing by the format
@@ -45,8 +49,8 @@ func TestErrorEventWithDoneDataFails(t *testing.T) {
 			resp := get(t, c.URL+"/?prompt=x&format="+format)
 			b, err := io.ReadAll(resp.Body)
 			body := string(b)
-			if err == nil {
-				t.Errorf("the response ended cleanly: %q", body)
+			if format == "text" && err == nil {
+				t.Errorf("the text response ended cleanly: %q", body)
 			}
 			if cleanEnd(format, body) {
 				t.Errorf("a clean end in %q", body)
@@ -124,9 +128,7 @@ func TestMultilineUpstreamJSON(t *testing.T) {
 				frames = strings.SplitAfter(strings.TrimSuffix(body, "\n"), "\n")
 			} else {
 				frames = strings.Split(strings.TrimSuffix(body, "\n\n"), "\n\n")
-				if frames[0] == "id: llmstream" {
-					frames = frames[1:]
-				}
+				frames[0] = strings.TrimPrefix(frames[0], "id: llmstream\n") // the first event's
 			}
 			if len(frames) != tc.frames {
 				t.Fatalf("%d frames, want %d: %q", len(frames), tc.frames, body)
@@ -183,5 +185,118 @@ func TestBadMessageRefused(t *testing.T) {
 	}
 	if n := up.calls.Load(); n != 0 {
 		t.Errorf("the upstream was called %d times", n)
+	}
+}
+
+// zstdStream is a zstd frame, left open, made by hand: its header asks for
+// a window of 1<<windowLog bytes, and its blocks hold head, n bytes of
+// comment lines of 64 KiB in run-length blocks (a few bytes a line), then
+// tail.
+func zstdStream(windowLog int, head string, n int, tail string) []byte {
+	b := []byte{0x28, 0xb5, 0x2f, 0xfd, 0, byte(windowLog-10) << 3}
+	block := func(typ, size int, content ...byte) {
+		h := typ<<1 | size<<3
+		b = append(b, byte(h), byte(h>>8), byte(h>>16))
+		b = append(b, content...)
+	}
+	block(0, len(head), []byte(head)...)
+	for ; n > 0; n -= 64 << 10 {
+		block(0, 1, ':')
+		block(1, 64<<10-2, 'x')
+		block(0, 1, '\n')
+	}
+	block(0, len(tail), []byte(tail)...)
+	return b
+}
+
+// rss is the resident memory of process pid, in bytes.
+func rss(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS in %s", b)
+	return 0
+}
+
+// TestZstdUpstreamMemoryBounded: an upstream that sends zstd unasked names
+// the decoder's window in a few header bytes. Two streams that ask for
+// 512 MiB and send 32 MiB of comments each (7 KiB compressed) are
+// refused, and two that stay within the 8 MiB allowed cost about that
+// each, however much they send: Caddy's resident memory grows by a few MiB
+// a stream, not by what the upstream sends.
+func TestZstdUpstreamMemoryBounded(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		if strings.Contains(string(b), "warm") {
+			io.WriteString(w, "data: "+chunkJSON("warm")+"\n\ndata: "+finishJSON+"\n\ndata: [DONE]\n\n")
+			return
+		}
+		log := 23
+		if strings.Contains(string(b), "hostile") {
+			log = 29
+		}
+		w.Header().Set("Content-Encoding", "zstd")
+		w.Write(zstdStream(log, "data: "+chunkJSON("one")+"\n\n", 32<<20, "data: "+chunkJSON("two")+"\n\n"))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the stream stays open, and its decoder with it
+	})
+	c := startCaddy(t, framingConfig(up.URL))
+	io.ReadAll(get(t, c.URL+"/?prompt=warm&format=ndjson").Body) // nothing open yet: nothing left behind
+	before := rss(t, c.cmd.Process.Pid)
+
+	type result struct {
+		prompt, last string
+		err          error
+	}
+	results := make(chan result)
+	client := &http.Client{Timeout: time.Minute}
+	for _, prompt := range []string{"hostile", "hostile", "fine", "fine"} {
+		go func() {
+			resp, err := client.Get(c.URL + "/?prompt=" + prompt + "&format=ndjson")
+			if err != nil {
+				results <- result{prompt, "", err}
+				return
+			}
+			t.Cleanup(func() { resp.Body.Close() }) // open until the test ends
+			br := bufio.NewReader(resp.Body)
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil || strings.Contains(line, `"two"`) || strings.Contains(line, `"error"`) {
+					results <- result{prompt, line, err}
+					return
+				}
+			}
+		}()
+	}
+	for range 4 {
+		r := <-results
+		want := `{"content":"two"}`
+		if r.prompt == "hostile" {
+			want = `"error":{`
+		}
+		if !strings.Contains(r.last, want) {
+			t.Errorf("%s stream ended with %q (%v), want %s", r.prompt, r.last, r.err, want)
+		}
+	}
+	grown := rss(t, c.cmd.Process.Pid) - before
+	t.Logf("resident memory grew %d MiB with four streams open", grown>>20)
+	if grown > 40<<20 {
+		t.Errorf("resident memory grew %d MiB with four streams open", grown>>20)
+	}
+	// The streams are logged when they end, after a moment given to the
+	// client to read the error.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(c.Log.String(), "window over 8 MiB"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the log does not say why the hostile streams failed")
+		}
 	}
 }

@@ -89,7 +89,7 @@ func TestTotalTimeout(t *testing.T) {
 }`, up.URL))
 	resp := get(t, c.URL+"/?prompt=x")
 	body, err := io.ReadAll(resp.Body)
-	if err == nil || !strings.Contains(string(body), `{"error":{"message":"stream exceeded its total time limit","type":"timeout_error"}}`) ||
+	if err != nil || !strings.Contains(string(body), `{"error":{"message":"stream exceeded its total time limit","type":"timeout_error"}}`) ||
 		strings.Contains(string(body), `"done"`) {
 		t.Errorf("err %v body tail %q", err, body[max(0, len(body)-200):])
 	}
@@ -122,7 +122,7 @@ func TestEndlessLineIsCut(t *testing.T) {
 }`, up.URL))
 	resp := get(t, c.URL+"/?prompt=x")
 	body, err := io.ReadAll(resp.Body)
-	if err == nil || !strings.Contains(string(body), "event: error") || !strings.Contains(string(body), "larger than the proxy accepts") {
+	if err != nil || !strings.Contains(string(body), "event: error") || !strings.Contains(string(body), "larger than the proxy accepts") {
 		t.Errorf("err %v body %q", err, body)
 	}
 }

@@ -103,7 +103,7 @@ func TestFramingsWithAwkwardSplits(t *testing.T) {
 	tests := []struct {
 		name, url, accept, want, ctype string
 	}{
-		{"sse", "/chat?prompt=hi", "", "id: llmstream\n\n" +
+		{"sse", "/chat?prompt=hi", "", "id: llmstream\n" +
 			"data: {\"content\":\"Hé\"}\n\n" +
 			"data: {\"content\":\"llo 流\"}\n\n" +
 			"data: {\"content\":\" wörld\"}\n\n" +
@@ -116,7 +116,7 @@ func TestFramingsWithAwkwardSplits(t *testing.T) {
 			"{\"done\":true,\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5},\"model\":\"m\"}\n",
 			"application/x-ndjson"},
 		{"text by accept", "/chat?prompt=hi", "text/plain", "Héllo 流 wörld", "text/plain; charset=utf-8"},
-		{"openai", "/chat?prompt=hi&format=openai", "", "data: " + chunkJSON("Hé") + "\n\n" +
+		{"openai", "/chat?prompt=hi&format=openai", "", "id: llmstream\ndata: " + chunkJSON("Hé") + "\n\n" +
 			"data: " + chunkJSON("llo 流") + "\n\n" +
 			"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" wörld\"}}]}\n\n" +
 			"data: " + finishJSON + "\n\n" +
@@ -165,7 +165,7 @@ func TestOpenAIPostPassThrough(t *testing.T) {
 	resp := post(t, c.URL+"/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0.5,"tools":[{"type":"function","function":{"name":"f"}}]}`,
 		"Authorization", "Bearer client-token")
 	body, _ := io.ReadAll(resp.Body)
-	if want := "data: " + chunkJSON("a") + "\n\ndata: " + finishJSON + "\n\ndata: [DONE]\n\n"; string(body) != want {
+	if want := "id: llmstream\ndata: " + chunkJSON("a") + "\n\ndata: " + finishJSON + "\n\ndata: [DONE]\n\n"; string(body) != want {
 		t.Errorf("got %q want %q", body, want)
 	}
 	var sent map[string]any
@@ -420,8 +420,14 @@ func TestFailuresAfterFirstByte(t *testing.T) {
 				if !strings.Contains(s, "partial") {
 					t.Errorf("content before the failure lost: %q", s)
 				}
-				if err == nil {
-					t.Errorf("body ended cleanly after a failure: %q", s)
+				// Text has no error signal: its body must break. The
+				// others end cleanly after their error event, as
+				// OpenAI's API does, so clients report its message.
+				if format == "text" && err == nil {
+					t.Errorf("text body ended cleanly after a failure: %q", s)
+				}
+				if format != "text" && err != nil {
+					t.Errorf("body broken after its error signal: %v", err)
 				}
 				switch format {
 				case "openai":
@@ -506,7 +512,7 @@ func TestHeartbeatsAndSecrets(t *testing.T) {
 	c := startCaddy(t, cfg, withEnv("TEST_LLM_KEY="+testKey))
 	resp := get(t, c.URL+"/v1/chat/completions?prompt=x", "Authorization", "Bearer client-secret")
 	body, _ := io.ReadAll(resp.Body)
-	if !strings.HasPrefix(string(body), ": keepalive\n\n") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+	if !strings.HasPrefix(string(body), ": keepalive\n") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
 		t.Errorf("got %q", body)
 	}
 	r := up.last.Load()

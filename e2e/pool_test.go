@@ -241,7 +241,7 @@ func TestNoFailoverAfterContent(t *testing.T) {
 }`, a.URL, b.URL))
 	resp := get(t, cd.URL+"/?prompt=x")
 	body, err := io.ReadAll(resp.Body)
-	if err == nil || !strings.Contains(string(body), "A-partial") || strings.Contains(string(body), `"B"`) ||
+	if err != nil || !strings.Contains(string(body), "A-partial") || strings.Contains(string(body), `"B"`) ||
 		!strings.Contains(string(body), `{"error":`) || b.calls.Load() != 0 {
 		t.Errorf("err %v body %q B calls %d", err, body, b.calls.Load())
 	}

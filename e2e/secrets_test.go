@@ -8,6 +8,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The server's key and a gateway token in the base URL's query never reach
@@ -69,5 +70,33 @@ func TestSecretsNeverReachClients(t *testing.T) {
 		if strings.Contains(line, key) || strings.Contains(line, token) {
 			t.Errorf("a secret is in Caddy's log: %s", line)
 		}
+	}
+}
+
+// A non-streamed answer that takes longer than first_chunk to arrive is
+// relayed whole: once its first bytes came, only the idle limit applies.
+func TestSlowWholeAnswerIsRelayed(t *testing.T) {
+	const answer = `{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"slow but whole"},"finish_reason":"stop"}]}`
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		for i := 0; i < len(answer); i += 16 {
+			io.WriteString(w, answer[i:min(i+16, len(answer))])
+			w.(http.Flusher).Flush()
+			time.Sleep(60 * time.Millisecond) // about 600 ms in all
+		}
+	})
+	c := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	llm_proxy {
+		to %s
+		timeouts {
+			first_chunk 200ms
+			idle 2s
+		}
+	}
+}`, up.URL))
+	resp := post(t, c.URL+"/v1/chat/completions", `{"stream":false,"messages":[{"role":"user","content":"hi"}]}`)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || string(body) != answer {
+		t.Fatalf("status %d, %v, body %q: want the whole answer", resp.StatusCode, err, body)
 	}
 }

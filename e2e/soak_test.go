@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -250,8 +251,10 @@ func soakOne(client *http.Client, base, mode string, n int) (string, error) {
 			if len(words) != n {
 				return "", fmt.Errorf("%s: error after %d of %d words", mode, len(words), n)
 			}
-			if _, err := io.Copy(io.Discard, br); err == nil {
-				return "", fmt.Errorf("%s: body ended cleanly after the error", mode)
+			// The error line is the failure signal: the body ends
+			// cleanly after it, with nothing more.
+			if rest, err := io.ReadAll(br); err != nil || len(bytes.TrimSpace(rest)) != 0 {
+				return "", fmt.Errorf("%s: after the error: %q, %v", mode, rest, err)
 			}
 			return "failed", nil
 		}

@@ -14,7 +14,8 @@ type Format uint8
 
 const (
 	// OpenAI relays the upstream's chat.completion.chunk events one for one,
-	// then "data: [DONE]": what the official SDKs read.
+	// then "data: [DONE]": what the official SDKs read. A Responses API
+	// stream's typed events are relayed as they came (Writer.TypedEvents).
 	OpenAI Format = iota
 	// SSE sends each delta as a small JSON object for EventSource, then an
 	// "event: done" (or "event: error").

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -46,10 +47,24 @@ type Writer struct {
 	// proxy always asks the upstream for usage, but a client that did not ask
 	// must not see a chunk with no choices, which some clients choke on.
 	IncludeUsage bool
-	// StreamID, in the sse framing, is sent as the event ID before the first
-	// event so that an EventSource that reconnects after the end presents it
-	// as Last-Event-ID and can be told to stop instead of starting over.
+	// StreamID, in the SSE framings (openai and sse), is sent as the ID of
+	// the first event, so that an EventSource that reconnects after the end
+	// presents it as Last-Event-ID and can be told to stop instead of
+	// starting over. It goes with data, never alone: fetch-based SSE
+	// clients deliver an event without data as an empty message.
 	StreamID string
+	idSent   bool
+
+	// TypedEvents makes the openai framing relay a Responses API stream as
+	// the upstream sent it: each chunk is its event, the "event:" line and
+	// the data, every one of them (the framings other than openai are
+	// unchanged). The stream's end is the upstream's own
+	// response.completed, so Done adds nothing; its failures are its own
+	// events, so Fail after one adds nothing, and a failure of the proxy's
+	// is an error event in the Responses shape.
+	TypedEvents bool
+	events      int64 // relayed: the next sequence_number
+	relayedErr  bool  // the upstream's own failure event went out
 
 	// WriteTimeout bounds how long one write may block on a client that
 	// stopped reading; SetDeadline applies it (http.ResponseController's
@@ -92,8 +107,7 @@ func (fw *Writer) Usage() []byte { return fw.usage }
 // Model is the model named by the upstream's chunks.
 func (fw *Writer) Model() string { return fw.model }
 
-// Start writes what opens the stream: the event ID in the sse framing. It
-// is safe to call more than once.
+// Start sends the response's headers. It is safe to call more than once.
 func (fw *Writer) Start() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -105,16 +119,23 @@ func (fw *Writer) start() error {
 		return nil
 	}
 	fw.started = true
-	if fw.f != SSE || fw.StreamID == "" {
-		if err := fw.flush(); err != nil {
-			return &DownstreamError{err}
-		}
-		return nil
+	if err := fw.flush(); err != nil {
+		return &DownstreamError{err}
 	}
-	b := append(fw.buf[:0], "id: "...)
+	return nil
+}
+
+// appendID starts the first event of an SSE framing with the stream's ID,
+// and tells whether it did, so that a frame that is not sent after all can
+// give the ID back with unsent.
+func (fw *Writer) appendID(b []byte) ([]byte, bool) {
+	if fw.idSent || fw.StreamID == "" || (fw.f != SSE && fw.f != OpenAI) {
+		return b, false
+	}
+	fw.idSent = true
+	b = append(b, "id: "...)
 	b = append(b, fw.StreamID...)
-	b = append(b, "\n\n"...)
-	return fw.send(b)
+	return append(b, '\n'), true
 }
 
 // Chunk writes one chunk if it carries anything for this framing, and
@@ -144,17 +165,31 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 
 	b := fw.buf[:0]
 	var err error
+	var withID bool
 	switch fw.f {
 	case OpenAI:
+		if fw.TypedEvents {
+			b, withID = fw.appendID(b)
+			if len(c.Event) > 0 {
+				b = append(append(append(b, "event: "...), c.Event...), '\n')
+			}
+			if b, err = fw.appendData(b, c.Raw); err == nil {
+				fw.events++
+				fw.relayedErr = c.Err != nil
+			}
+			break
+		}
 		if !c.HasChoices && c.Usage != nil && !fw.IncludeUsage {
 			return nil
 		}
+		b, withID = fw.appendID(b)
 		b, err = fw.appendData(b, c.Raw)
 	case SSE, NDJSON:
 		if !c.HasDelta() {
 			return nil
 		}
 		if fw.f == SSE {
+			b, withID = fw.appendID(b)
 			b = append(b, "data: "...)
 		}
 		b = append(b, '{')
@@ -181,6 +216,9 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 	}
 	fw.buf = b
 	if err != nil {
+		if withID {
+			fw.idSent = false // the frame with it is not sent
+		}
 		return err
 	}
 	return fw.send(b)
@@ -193,7 +231,10 @@ func (fw *Writer) Done() error {
 	if err := fw.start(); err != nil {
 		return err
 	}
-	b := fw.buf[:0]
+	if fw.f == OpenAI && fw.TypedEvents {
+		return nil // the upstream's response.completed was the end
+	}
+	b, _ := fw.appendID(fw.buf[:0])
 	switch fw.f {
 	case OpenAI:
 		b = append(b, "data: [DONE]\n\n"...)
@@ -222,15 +263,22 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	if err := fw.start(); err != nil {
 		return err
 	}
-	b := fw.buf[:0]
-	switch fw.f {
-	case OpenAI:
+	if fw.f == OpenAI && fw.TypedEvents && fw.relayedErr {
+		return nil // the upstream's own failure event went out
+	}
+	b, _ := fw.appendID(fw.buf[:0])
+	switch {
+	case fw.f == OpenAI && fw.TypedEvents:
+		b = append(b, "event: error\ndata: "...)
+		b = appendErrorEvent(b, e, fw.events)
+		b = append(b, "\n\n"...)
+	case fw.f == OpenAI:
 		b, _ = fw.appendData(b, e.MarshalBody()) // json.Marshal's output is compact
-	case SSE:
+	case fw.f == SSE:
 		b = append(b, "event: error\ndata: "...)
 		b = append(b, e.MarshalBody()...)
 		b = append(b, "\n\n"...)
-	case NDJSON:
+	case fw.f == NDJSON:
 		b = append(b, e.MarshalBody()...)
 		b = append(b, '\n')
 	}
@@ -238,9 +286,29 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	return fw.send(b)
 }
 
-// Heartbeat writes a keepalive that clients ignore: an SSE comment, or an
-// empty line in NDJSON (which NDJSON readers skip). Plain text has no such
-// thing, so there it writes nothing.
+// appendErrorEvent appends the data of a Responses API error event:
+// {"type":"error","code":...,"message":...,"param":null,"sequence_number":n}.
+// The code is the error's own, else its type (timeout_error, ...).
+func appendErrorEvent(b []byte, e *chunk.Error, seq int64) []byte {
+	b = append(b, `{"type":"error","code":`...)
+	if len(e.Code) > 0 && json.Valid(e.Code) && !bytes.ContainsAny(e.Code, "\r\n") {
+		b = append(b, e.Code...)
+	} else {
+		b = appendString(b, e.Type)
+	}
+	b = append(b, `,"message":`...)
+	b = appendString(b, e.Message)
+	b = append(b, `,"param":null,"sequence_number":`...)
+	b = strconv.AppendInt(b, seq, 10)
+	return append(b, '}')
+}
+
+// Heartbeat writes a keepalive that clients ignore: an SSE comment line,
+// or an empty line in NDJSON (which NDJSON readers skip). Plain text has no
+// such thing, so there it writes nothing. The comment is not followed by a
+// blank line: a blank line ends an event, and fetch-based SSE clients
+// (@microsoft/fetch-event-source) deliver an ended event with no data as an
+// empty message; a comment alone is skipped by every parser.
 func (fw *Writer) Heartbeat() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -253,7 +321,7 @@ func (fw *Writer) heartbeat() error {
 	}
 	switch fw.f {
 	case OpenAI, SSE:
-		return fw.send(append(fw.buf[:0], ": keepalive\n\n"...))
+		return fw.send(append(fw.buf[:0], ": keepalive\n"...))
 	case NDJSON:
 		return fw.send(append(fw.buf[:0], '\n'))
 	}

@@ -30,6 +30,8 @@ func FuzzFramings(f *testing.F) {
 		"event: error\ndata: {\"error\":{\"message\":\"m\\u0000\",\"code\":{\n\"a\":1}}}\n\n",
 		"event: error\ndata: [DONE]\n\n",
 		"data: {\"choices\":[{\"index\":0,\"message\":{\"content\":\"whole\"},\"finish_reason\":\"stop\"}]}\n\n",
+		"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\ndata: \"delta\":\"hi\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":1}}}\n\n",
+		"event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"name\":\n\"f\"}}\n\nevent: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{}}\n\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -40,6 +42,14 @@ func FuzzFramings(f *testing.F) {
 			fw.IncludeUsage = true
 			fw.StreamID = "s1"
 			relay(fw, stream)
+			for _, fr := range out {
+				checkFrame(t, format, fr)
+			}
+
+			out = nil
+			fw = NewWriter(&out, func() error { return nil }, format)
+			fw.StreamID, fw.TypedEvents = "s1", true
+			relayResponses(fw, stream)
 			for _, fr := range out {
 				checkFrame(t, format, fr)
 			}
@@ -81,6 +91,39 @@ func relay(fw *Writer, stream []byte) {
 	}
 }
 
+// relayResponses writes stream's events to fw as the proxy does a
+// Responses stream's.
+func relayResponses(fw *Writer, stream []byte) {
+	er := upstream.NewEventReader(bytes.NewReader(stream), 1<<16)
+	var p upstream.ResponsesParser
+	var c chunk.Chunk
+	for {
+		ev, err := er.Next()
+		if err != nil {
+			fw.Fail(&chunk.Error{Message: err.Error(), Type: chunk.TypeUpstream})
+			return
+		}
+		c.Reset()
+		if err := p.Parse(ev.Type, ev.Data, &c); err != nil {
+			fw.Fail(&chunk.Error{Message: err.Error(), Type: chunk.TypeUpstream})
+			return
+		}
+		c.Event = ev.Type
+		if err := fw.Chunk(&c); err != nil {
+			fw.Fail(&chunk.Error{Message: err.Error(), Type: chunk.TypeUpstream})
+			return
+		}
+		switch {
+		case c.Err != nil:
+			fw.Fail(c.Err)
+			return
+		case c.FinishReason != "":
+			fw.Done()
+			return
+		}
+	}
+}
+
 // checkFrame checks that fr is one frame of format whose data is JSON.
 func checkFrame(t *testing.T, format Format, fr []byte) {
 	t.Helper()
@@ -99,11 +142,15 @@ func checkFrame(t *testing.T, format Format, fr []byte) {
 		if !ok {
 			t.Fatalf("%s frame %q does not end its event", format, fr)
 		}
+		if string(ev) == ": keepalive" {
+			return
+		}
+		ev, _ = bytes.CutPrefix(ev, []byte("id: s1\n")) // the first event's
 		if format == SSE {
-			if string(ev) == "id: s1" {
-				return
-			}
 			ev = cutPrefixes(ev, "event: done\n", "event: error\n")
+		}
+		if format == OpenAI && bytes.HasPrefix(ev, []byte("event: ")) { // a typed event's
+			_, ev, _ = bytes.Cut(ev, []byte("\n"))
 		}
 		var found bool
 		if data, found = bytes.CutPrefix(ev, []byte("data: ")); !found || bytes.ContainsAny(data, "\r\n") {

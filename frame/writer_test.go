@@ -63,7 +63,8 @@ func TestWriterFramings(t *testing.T) {
 		includeUsage bool
 		want         string
 	}{
-		{OpenAI, false, `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}
+		{OpenAI, false, `id: s1
+data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}
 
 data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}
 
@@ -78,7 +79,8 @@ data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
 data: [DONE]
 
 `},
-		{OpenAI, true, `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}
+		{OpenAI, true, `id: s1
+data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}
 
 data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}
 
@@ -96,7 +98,6 @@ data: [DONE]
 
 `},
 		{SSE, false, `id: s1
-
 data: {"reasoning":"think"}
 
 data: {"content":"Hel"}
@@ -214,7 +215,7 @@ func TestHeartbeat(t *testing.T) {
 		if rec.String() != got[:n] {
 			t.Errorf("%s: heartbeat after Close", f)
 		}
-		want := ": keepalive\n\n"
+		want := ": keepalive\n" // a comment line ends no event
 		if f == NDJSON {
 			want = "\n"
 		}

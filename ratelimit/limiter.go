@@ -1,11 +1,14 @@
-// Package ratelimit decides whether a request may start an LLM stream: a
-// fixed-window request rate per client key (counted by ulule/limiter in
-// memory or in redis, so several Caddy instances can share one limit), an
-// optional cap on the streams a key holds open at once, and the response
-// headers that tell clients where they stand.
+// Package ratelimit decides whether a request may start an LLM stream, and
+// when a stream must stop: a fixed-window request rate per client key
+// (counted by ulule/limiter in memory or in redis, so several Caddy
+// instances can share one limit), an optional cap on the streams a key
+// holds open at once, an optional token budget per key, counted while the
+// streams run (see tokens.go), and the response headers that tell clients
+// where they stand.
 //
 // It knows nothing of Caddy: the glue resolves placeholders into a key string,
-// calls [Limiter.Allow] and [Limiter.Acquire], and turns a refusal into a 429.
+// calls [Limiter.Allow], [Limiter.Acquire] and [Limiter.Reserve], and turns a
+// refusal into a 429.
 package ratelimit
 
 import (
@@ -59,6 +62,9 @@ type Config struct {
 	// StoreTimeout bounds one store call so a hung redis delays a request by
 	// at most this much; 0 means 250ms.
 	StoreTimeout time.Duration
+	// Tokens is the token budget per key, as a rate of tokens ("200000-H"),
+	// counted in the same store (see [Limiter.Reserve]); "" for none.
+	Tokens string
 	// Prefix namespaces the keys in a shared store so two limits never share
 	// counters; the glue passes something identifying the directive (and
 	// ideally its rate, so a changed rate does not inherit a running window).
@@ -69,8 +75,9 @@ type Config struct {
 // settings is a validated Config with its defaults filled in.
 type settings struct {
 	Config
-	rate  limiter.Rate
-	redis *redis.Options // nil for the memory store
+	rate   limiter.Rate
+	tokens limiter.Rate   // Limit 0: no token budget
+	redis  *redis.Options // nil for the memory store
 	// redisURL is Store with any password replaced, safe to log.
 	redisURL string
 	failOpen bool
@@ -91,6 +98,11 @@ func (c Config) settings() (settings, error) {
 		errs = append(errs, err)
 	}
 	s.rate = rate
+	if c.Tokens != "" {
+		if s.tokens, err = parseRate(c.Tokens); err != nil {
+			errs = append(errs, fmt.Errorf("tokens: %w", err))
+		}
+	}
 
 	switch c.Store {
 	case "", "memory":
@@ -182,7 +194,11 @@ type Limiter struct {
 	rate limiter.Rate
 	// ns is prepended to keys; empty when the store is private to this
 	// Limiter, which spares the hot path a string concatenation.
-	ns       string
+	ns string
+	// tokens is the token budget, Limit 0 for none; its counters are
+	// keyed under tokenNS, which names its rate.
+	tokens   limiter.Rate
+	tokenNS  string
 	timeout  time.Duration
 	failOpen bool
 	log      *zap.Logger
@@ -238,6 +254,7 @@ func build(s settings, log *zap.Logger, st limiter.Store, private bool, closeFn 
 	l := &Limiter{
 		store:    st,
 		rate:     s.rate,
+		tokens:   s.tokens,
 		timeout:  s.StoreTimeout,
 		failOpen: s.failOpen,
 		log:      log,
@@ -248,6 +265,7 @@ func build(s settings, log *zap.Logger, st limiter.Store, private bool, closeFn 
 	if !private && s.Prefix != "" {
 		l.ns = s.Prefix + ":"
 	}
+	l.tokenNS = l.ns + "tokens-" + s.Tokens + ":"
 	return l
 }
 
@@ -308,20 +326,25 @@ func (l *Limiter) Allow(ctx context.Context, key string) Decision {
 		return l.fallback(err)
 	}
 	l.storeWorks()
-	now := time.Now()
-	// Context.Reset is the window's end truncated to a second, up to a second
-	// early; a Retry-After computed from it could send the client back while
-	// still refused. Round it up instead, but never past a full window from
-	// now, which the real end cannot be.
-	expiry := time.Unix(lc.Reset+1, 0)
-	if limit := now.Add(l.rate.Period); expiry.After(limit) {
-		expiry = limit
-	}
+	expiry := windowEnd(lc, l.rate.Period)
 	count := l.rate.Limit - lc.Remaining
 	if lc.Reached {
 		count = l.rate.Limit + 1
 	}
 	return l.decide(count, expiry)
+}
+
+// windowEnd is when the window of lc ends, at the latest. Context.Reset is
+// the end truncated to a second, up to a second early; a Retry-After
+// computed from it could send the client back while still refused. Round it
+// up instead, but never past a full window from now, which the real end
+// cannot be.
+func windowEnd(lc limiter.Context, period time.Duration) time.Time {
+	expiry := time.Unix(lc.Reset+1, 0)
+	if limit := time.Now().Add(period); expiry.After(limit) {
+		expiry = limit
+	}
+	return expiry
 }
 
 // decide turns the window's count after this request into a Decision.

@@ -418,22 +418,7 @@ func (s *Simulator) stream(w http.ResponseWriter, r *http.Request, rp *reply) {
 func (s *Simulator) complete(w http.ResponseWriter, r *http.Request, rp *reply) {
 	p := pacer{done: r.Context().Done()}
 	defer p.stop()
-	switch rp.kind {
-	case stallFirst:
-		<-p.done
-		return
-	case errorEvent:
-		writeError(w, http.StatusInternalServerError, "server_error", "", "simulated upstream error")
-		return
-	}
-	if !p.wait((rp.interval + rp.jitter/2) * time.Duration(rp.generated())) {
-		return
-	}
-
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	if rp.kind == garbage {
-		w.Write([]byte("{not json\n"))
+	if !rp.wholeStart(w, &p) {
 		return
 	}
 	b := rp.appendHead(make([]byte, 0, 256+16*rp.content), "chat.completion")
@@ -460,7 +445,36 @@ func (s *Simulator) complete(w http.ResponseWriter, r *http.Request, rp *reply) 
 	b = append(b, `"}],"usage":`...)
 	b = rp.appendUsage(b)
 	b = append(b, "}\n"...)
+	rp.writeWhole(w, &p, b)
+}
 
+// wholeStart plays what a whole reply does before its body: nothing at all
+// (sim-stall-first), a 500 (sim-error-event), the time streaming it would
+// have taken, a body that is not JSON (sim-garbage). It tells whether the
+// body is to be written.
+func (rp *reply) wholeStart(w http.ResponseWriter, p *pacer) bool {
+	switch rp.kind {
+	case stallFirst:
+		<-p.done
+		return false
+	case errorEvent:
+		writeError(w, http.StatusInternalServerError, "server_error", "", "simulated upstream error")
+		return false
+	}
+	if !p.wait((rp.interval + rp.jitter/2) * time.Duration(rp.generated())) {
+		return false
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if rp.kind == garbage {
+		w.Write([]byte("{not json\n"))
+		return false
+	}
+	return true
+}
+
+// writeWhole writes a whole reply's body b, or half of it and then breaks
+// the connection (sim-reset) or goes silent (sim-stall).
+func (rp *reply) writeWhole(w http.ResponseWriter, p *pacer, b []byte) {
 	switch rp.kind {
 	case reset, stall:
 		w.Write(b[:len(b)/2])
@@ -471,7 +485,7 @@ func (s *Simulator) complete(w http.ResponseWriter, r *http.Request, rp *reply) 
 		<-p.done
 		return
 	}
-	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.Write(b)
 }
 

@@ -5,10 +5,12 @@
 // one word per chunk), so the example configuration runs with no API key and
 // tests and benchmarks get a fast upstream whose bytes they can predict.
 //
-// It serves two routes, matched by path suffix so it works under any prefix:
+// It serves these routes, matched by path suffix so it works under any prefix:
 //
 //	POST <prefix>/chat/completions  streamed (stream:true) or whole replies
 //	GET  <prefix>/models            the default model and the special names
+//	POST <prefix>/embeddings, <prefix>/completions, <prefix>/messages (see api.go)
+//	     <prefix>/responses[/{id}]    the Responses API (see responses.go)
 //
 // The requested model name picks a behaviour, so a client can provoke each
 // failure a real upstream has without a real upstream: [Models] lists them
@@ -33,8 +35,6 @@ package simulator
 
 import (
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -160,6 +160,8 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.chat(w, r)
+	case isResponses(p):
+		s.responses(w, r)
 	case strings.HasSuffix(p, "/models"):
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -171,9 +173,11 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Content-Type", "application/json")
 		h.Set("Content-Length", strconv.Itoa(len(s.models)))
 		w.Write(s.models)
+	case strings.HasSuffix(p, "/embeddings"), strings.HasSuffix(p, "/completions"), strings.HasSuffix(p, "/messages"):
+		s.api(w, r, p)
 	default:
 		writeError(w, http.StatusNotFound, "invalid_request_error", "",
-			"unknown path "+p+": the simulator serves .../chat/completions and .../models")
+			"unknown path "+p+": the simulator serves .../chat/completions, .../models, .../embeddings, .../completions and .../messages")
 	}
 }
 
@@ -200,20 +204,9 @@ type contentPart struct {
 }
 
 func (s *Simulator) chat(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "",
-				"request body larger than "+strconv.Itoa(maxBody)+" bytes")
-			return
-		}
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "reading request body: "+err.Error())
-		return
-	}
 	var req chatRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid JSON body: "+err.Error())
+	body, ok := readJSON(r, &req, openAIFail(w))
+	if !ok {
 		return
 	}
 	rp, msg := s.plan(&req, body)

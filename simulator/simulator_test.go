@@ -454,7 +454,7 @@ func TestRequestErrors(t *testing.T) {
 		{"empty messages", "POST", "/v1/chat/completions", `{"messages":[]}`, 400},
 		{"bad content", "POST", "/v1/chat/completions", `{"messages":[{"role":"user","content":5}]}`, 400},
 		{"zero max_tokens", "POST", "/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}],"max_tokens":0}`, 400},
-		{"unknown path", "POST", "/v1/completions", `{}`, 404},
+		{"unknown path", "POST", "/v1/files", `{}`, 404},
 		{"root", "GET", "/", "", 404},
 		{"GET chat", "GET", "/v1/chat/completions", "", 405},
 		{"POST models", "POST", "/v1/models", "{}", 405},

@@ -73,37 +73,43 @@ func (a *Attempts) Answered() {
 // when every upstream is rate limited, a 429 in the words of the last one
 // that refused, with the wait until the first frees up.
 func (a *Attempts) Open(ctx context.Context, req *Request) (*Stream, error) {
+	return walk(a, ctx, func(m *Member) (*Stream, error) { return m.Open(ctx, req) })
+}
+
+// walk is Open for any kind of call: open asks one member.
+func walk[T any](a *Attempts, ctx context.Context, open func(*Member) (T, error)) (T, error) {
+	var none T
 	var last error
 	for a.next < len(a.cands) {
 		m := a.cands[a.next]
 		a.next++
-		st, err := m.Open(ctx, req)
+		st, err := open(m)
 		if err == nil {
 			a.member, a.ok = m, false
 			a.obs.Opened(m)
 			return st, nil
 		}
 		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
+			return none, context.Cause(ctx)
 		}
 		last = err
 		if !a.failed(m, err, false) && a.next < len(a.cands) {
-			return nil, err // the upstream said why: another would say the same
+			return none, err // the upstream said why: another would say the same
 		}
 	}
 	now := time.Now()
 	if last == nil {
-		return nil, a.pool.AllDown(now, a.model)
+		return none, a.pool.AllDown(now, a.model)
 	}
 	var e *chunk.Error
 	if errors.As(last, &e) && e.Status == http.StatusTooManyRequests {
 		if all := a.pool.AllDown(now, a.model); all.Status == http.StatusTooManyRequests {
 			limited := *e
 			limited.RetryAfter = all.RetryAfter
-			return nil, &limited
+			return none, &limited
 		}
 	}
-	return nil, last
+	return none, last
 }
 
 // Retry records that the streaming upstream failed with err, and tells

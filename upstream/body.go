@@ -36,10 +36,16 @@ func (rb *requestBody) release() {
 
 // onceReader reads b once and lets go of it at its end or when closed,
 // whichever comes first: the transport keeps the request (and its Body)
-// for as long as the response is read.
-type onceReader struct{ b []byte }
+// for as long as the response is read. The HTTP/2 transport closes it from
+// another goroutine than the one reading it, hence the lock.
+type onceReader struct {
+	mu sync.Mutex
+	b  []byte
+}
 
 func (o *onceReader) Read(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	if len(o.b) == 0 {
 		o.b = nil
 		return 0, io.EOF
@@ -53,6 +59,8 @@ func (o *onceReader) Read(p []byte) (int, error) {
 }
 
 func (o *onceReader) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	o.b = nil
 	return nil
 }

@@ -25,6 +25,8 @@ type Client struct {
 	// without the query, which some gateways use for a token.
 	Name   string
 	APIKey string
+	// Auth is how the key is sent: AuthBearer ("" too) or AuthXAPIKey.
+	Auth   string
 	Header http.Header // extra headers (header_up)
 
 	FirstChunk time.Duration // 0: no limit
@@ -40,33 +42,17 @@ type Client struct {
 // headers arrived with a success status. Failures are *chunk.Error values
 // with the status the client should get.
 func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
-	ctx, cancel := context.WithCancelCause(parent)
-	s := &Stream{cancel: cancel, ctx: ctx, idle: c.Idle, red: c.redactor()}
-	if c.Total > 0 {
-		s.total = time.AfterFunc(c.Total, func() { cancel(ErrTotalTimeout) })
-	}
-	if c.FirstChunk > 0 {
-		s.watch = time.AfterFunc(c.FirstChunk, func() { cancel(ErrFirstChunkTimeout) })
-	} else if c.Idle > 0 {
-		s.first = true
-		s.activity()
-		s.mu.Lock() // idleCheck may run before the assignment is done
-		s.watch = time.AfterFunc(c.Idle, s.idleCheck)
-		s.mu.Unlock()
-	}
-
+	s := c.newStream(parent)
 	s.reqBody = &requestBody{b: req.Body}
-	reqBody, err := s.reqBody.open()
-	var hr *http.Request
-	if err == nil {
-		hr, err = c.newRequest(ctx, http.MethodPost, "chat/completions", reqBody)
+	s.api = req.API
+	if req.API == Responses {
+		s.responses = new(ResponsesParser)
 	}
+	hr, err := c.newAPIRequest(s.ctx, req, s.reqBody)
 	if err != nil {
 		s.Close()
 		return nil, &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeServer, Message: "building upstream request failed"}
 	}
-	hr.ContentLength, hr.GetBody = int64(len(req.Body)), s.reqBody.open
-	hr.Header.Set("Content-Type", "application/json")
 	if req.Stream {
 		hr.Header.Set("Accept", "text/event-stream")
 	} else {
@@ -114,6 +100,26 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 	}
 	s.events = NewEventReader(s.body, c.MaxLine)
 	return s, nil
+}
+
+// newStream starts a call's stream with its timers armed: the total limit,
+// and the first-chunk limit (or, without one, the idle limit at once).
+func (c *Client) newStream(parent context.Context) *Stream {
+	ctx, cancel := context.WithCancelCause(parent)
+	s := &Stream{cancel: cancel, ctx: ctx, idle: c.Idle, red: c.redactor()}
+	if c.Total > 0 {
+		s.total = time.AfterFunc(c.Total, func() { cancel(ErrTotalTimeout) })
+	}
+	if c.FirstChunk > 0 {
+		s.watch = time.AfterFunc(c.FirstChunk, func() { cancel(ErrFirstChunkTimeout) })
+	} else if c.Idle > 0 {
+		s.first = true
+		s.activity()
+		s.mu.Lock() // idleCheck may run before the assignment is done
+		s.watch = time.AfterFunc(c.Idle, s.idleCheck)
+		s.mu.Unlock()
+	}
+	return s
 }
 
 // statusError maps an upstream failure status to what the client gets: the
@@ -177,9 +183,73 @@ func validRetryAfter(v string) string {
 	return ""
 }
 
+// How a Client sends its key.
+const (
+	// AuthBearer sends "Authorization: Bearer <key>", as OpenAI-style APIs
+	// take it. The default.
+	AuthBearer = "bearer"
+	// AuthXAPIKey sends "x-api-key: <key>", as Anthropic-style APIs take it.
+	AuthXAPIKey = "x-api-key"
+)
+
+// DefaultAnthropicVersion is the anthropic-version an AuthXAPIKey upstream
+// is sent when neither header_up nor the client names one.
+const DefaultAnthropicVersion = "2023-06-01"
+
+// ParseAuth checks an auth name.
+func ParseAuth(s string) (string, error) {
+	switch s {
+	case AuthBearer, AuthXAPIKey:
+		return s, nil
+	}
+	return "", fmt.Errorf("unknown auth %q: want bearer or x-api-key", s)
+}
+
+// newAPIRequest builds the upstream request for req: a POST of its body
+// to the API's path, or its own method and path, with its query.
+func (c *Client) newAPIRequest(ctx context.Context, req *Request, body *requestBody) (*http.Request, error) {
+	method, path := http.MethodPost, req.API.path()
+	if req.Method != "" {
+		method = req.Method
+	}
+	if req.Path != "" {
+		path = req.Path
+	}
+	if method == http.MethodGet {
+		hr, err := c.newRequest(ctx, method, path, nil)
+		if err == nil {
+			hr.URL.RawQuery = joinQuery(hr.URL.RawQuery, req.Query)
+		}
+		return hr, err
+	}
+	rd, err := body.open()
+	if err != nil {
+		return nil, err
+	}
+	hr, err := c.newRequest(ctx, method, path, rd)
+	if err != nil {
+		return nil, err
+	}
+	hr.URL.RawQuery = joinQuery(hr.URL.RawQuery, req.Query)
+	hr.ContentLength, hr.GetBody = int64(len(req.Body)), body.open
+	hr.Header.Set("Content-Type", "application/json")
+	return hr, nil
+}
+
+// joinQuery appends the client's query to the base URL's.
+func joinQuery(base, q string) string {
+	switch {
+	case q == "":
+		return base
+	case base == "":
+		return q
+	}
+	return base + "&" + q
+}
+
 // newRequest builds a request for path under the base URL with the
-// headers every upstream call carries: header_up first, then the key, so
-// that no header_up can replace it.
+// headers every upstream call carries: header_up first, then the key (as
+// Auth says), so that no header_up can replace it.
 func (c *Client) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
 	hr, err := http.NewRequestWithContext(ctx, method, c.endpoint(path), body)
 	if err != nil {
@@ -188,8 +258,17 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body io.Re
 	for k, v := range c.Header {
 		hr.Header[k] = v
 	}
-	if c.APIKey != "" {
+	switch {
+	case c.APIKey == "":
+	case c.Auth == AuthXAPIKey:
+		hr.Header.Set("X-Api-Key", c.APIKey)
+	default:
 		hr.Header.Set("Authorization", "Bearer "+c.APIKey)
+	}
+	if c.Auth == AuthXAPIKey && hr.Header.Get("Anthropic-Version") == "" {
+		// Anthropic-style APIs refuse any call without it, the model
+		// list and the health check too; a client's own replaces it.
+		hr.Header.Set("Anthropic-Version", DefaultAnthropicVersion)
 	}
 	return hr, nil
 }

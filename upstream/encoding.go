@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -27,14 +28,37 @@ func decodedBody(resp *http.Response) (io.Reader, func(), error) {
 	case "zstd":
 		// One decoder goroutine-free and light: a stream's blocks come one
 		// at a time, and each must be passed on as soon as it is whole.
-		z, err := zstd.NewReader(resp.Body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		z, err := zstd.NewReader(resp.Body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdWindow))
 		if err != nil {
 			return nil, nil, encodingError(enc)
 		}
-		return z, z.Close, nil
+		return zstdBody{z}, z.Close, nil
 	default:
 		return nil, nil, encodingError(enc)
 	}
+}
+
+// maxZstdWindow bounds the history a zstd decoder keeps. The decoder
+// allocates it whole from the few bytes of a frame header, and the
+// library's default, 512 MiB, let an upstream take that much memory per
+// stream. 8 MiB is what RFC 9659 has HTTP encoders stay within and every
+// decoder accept; a stream costs about that at most, however long it is.
+const maxZstdWindow = 8 << 20
+
+// ErrZstdWindow is the read error of a zstd body whose frame asks for a
+// window larger than maxZstdWindow.
+var ErrZstdWindow = errors.New("upstream's zstd stream asks for a window over 8 MiB")
+
+// zstdBody names the decoder's refusal of a frame's window.
+type zstdBody struct{ z *zstd.Decoder }
+
+func (b zstdBody) Read(p []byte) (int, error) {
+	n, err := b.z.Read(p)
+	if errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded) {
+		err = ErrZstdWindow
+	}
+	return n, err
 }
 
 func encodingError(enc string) error {

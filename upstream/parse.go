@@ -44,17 +44,23 @@ func ParseChunk(data []byte, c *chunk.Chunk) error {
 // ({"error":...}) sets c.Err. Data that is not a JSON object is an error.
 func (p *ChunkParser) Parse(data []byte, c *chunk.Chunk) error {
 	c.Raw = append(c.Raw[:0], data...)
-	p.raw = c.Raw
-	p.r.Reset(c.Raw)
+	p.reset(c.Raw)
+	if err := p.object(c); err != nil {
+		return fmt.Errorf("decoding upstream chunk: %w", err)
+	}
+	return nil
+}
+
+// reset points the decoder at b, the chunk's copy of the data or a value
+// within it: value returns slices of b.
+func (p *ChunkParser) reset(b []byte) {
+	p.raw = b
+	p.r.Reset(b)
 	if p.dec == nil {
 		p.dec = jsontext.NewDecoder(&p.r, decodeOptions...)
 	} else {
 		p.dec.Reset(&p.r, decodeOptions...)
 	}
-	if err := p.object(c); err != nil {
-		return fmt.Errorf("decoding upstream chunk: %w", err)
-	}
-	return nil
 }
 
 var errNotObject = errors.New("not a JSON object")

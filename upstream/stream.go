@@ -3,6 +3,7 @@ package upstream
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -23,12 +24,19 @@ var (
 
 // Stream is an upstream's streamed answer being decoded.
 type Stream struct {
-	ctx     context.Context
-	cancel  context.CancelCauseFunc
-	resp    *http.Response
-	body    *watchedBody
-	events  *EventReader
-	parser  ChunkParser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	resp   *http.Response
+	body   *watchedBody
+	events *EventReader
+	parser ChunkParser
+	api    API
+	// responses decodes a Responses API stream (nil for chat).
+	responses *ResponsesParser
+	// failed is a Responses failure event's error: the event goes out as
+	// a chunk first, for the framing that relays events, and the next
+	// call to Next returns it.
+	failed  *chunk.Error
 	plain   bool   // the upstream ignored "stream" and sent one JSON body
 	whole   []byte // that body, read ahead when the client asked for a stream
 	maxLine int
@@ -75,11 +83,30 @@ func (s *Stream) readWhole(parent context.Context) error {
 		return &chunk.Error{Status: http.StatusBadGateway, Type: chunk.TypeUpstream, Message: "upstream answer larger than the proxy accepts"}
 	}
 	s.whole = s.red.bytes(body)
+	if e := s.wholeError(); e != nil {
+		e.Status = http.StatusBadGateway
+		return e
+	}
+	return nil
+}
+
+// wholeError is the error a whole body is instead of an answer, nil if it
+// is an answer. A Response object is one even when it failed: a client
+// that retrieves a failed response gets it as it is.
+func (s *Stream) wholeError() *chunk.Error {
+	if s.api == Responses {
+		var r struct {
+			Object string          `json:"object"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if json.Unmarshal(s.whole, &r) != nil {
+			return nil
+		}
+		return responseBodyError(r.Object, r.Error)
+	}
 	var probe chunk.Chunk
 	if ParseChunk(s.whole, &probe) == nil && probe.Err != nil {
-		e := *probe.Err
-		e.Status = http.StatusBadGateway
-		return &e
+		return probe.Err
 	}
 	return nil
 }
@@ -106,10 +133,17 @@ func (s *Stream) limit() int64 {
 
 // Next decodes the next chunk into c. It returns io.EOF when the upstream
 // finished properly: "[DONE]", or the end of the body after a finish reason
-// (some servers omit "[DONE]"). An upstream error event is returned as a
-// *chunk.Error. Any other error means the stream broke.
+// (some servers omit "[DONE]"); for the Responses API, its
+// response.completed. An upstream error event is returned as a
+// *chunk.Error; a Responses failure event (error, response.failed,
+// response.incomplete) first comes as a chunk with Err set, so that the
+// openai framing relays the upstream's own event, and the next call
+// returns the error. Any other error means the stream broke.
 func (s *Stream) Next(c *chunk.Chunk) error {
 	c.Reset()
+	if s.failed != nil {
+		return s.failed
+	}
 	if s.ended {
 		return io.EOF
 	}
@@ -132,6 +166,9 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 		}
 		s.arrived()
 		data := s.red.bytes(ev.Data) // every field may quote a secret
+		if s.responses != nil {
+			return s.nextResponse(ev.Type, data, c)
+		}
 		if bytes.Equal(ev.Type, errorType) {
 			c.Err = ErrorEvent(data) // a failure, whatever its data says
 			return c.Err
@@ -158,17 +195,46 @@ var (
 	errorType = []byte("error")
 )
 
-// nextPlain turns a whole chat.completion body into one chunk.
+// nextResponse decodes one event of a Responses stream, which ends with its
+// terminal event: response.completed, or a failure.
+func (s *Stream) nextResponse(typ, data []byte, c *chunk.Chunk) error {
+	if bytes.Equal(data, doneData) {
+		// A chat stream's end, which some gateways add: it is no end
+		// of a response that never completed.
+		return io.ErrUnexpectedEOF
+	}
+	if err := s.responses.Parse(typ, data, c); err != nil {
+		return err
+	}
+	c.Event = typ
+	switch {
+	case c.Err != nil:
+		s.failed = c.Err
+	case c.FinishReason != "":
+		s.finished, s.ended = true, true
+	}
+	return nil
+}
+
+// DecodeWhole decodes the whole body (Whole) into c: a chat.completion, or
+// a Response.
+func (s *Stream) DecodeWhole(c *chunk.Chunk) error {
+	if s.api == Responses {
+		return ParseResponse(s.whole, c)
+	}
+	return ParseChunk(s.whole, c)
+}
+
+// nextPlain turns a whole chat.completion (or Response) body into one chunk.
 func (s *Stream) nextPlain(c *chunk.Chunk) error {
 	if s.whole == nil { // Open reads it ahead for stream requests
 		if err := s.readWhole(s.ctx); err != nil {
 			return err
 		}
 	}
-	body := s.whole
 	s.ended = true
 	s.arrived()
-	if err := ParseChunk(body, c); err != nil {
+	if err := s.DecodeWhole(c); err != nil {
 		return err
 	}
 	if c.Err != nil {
