@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -73,6 +75,13 @@ type DesktopStream struct {
 	// and the viewer page count too.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 
+	// StallTimeout drops a viewer that took no whole frame for this long,
+	// counted from when it last had taken every frame sent: on Linux over
+	// TCP, when the client's TCP acknowledged them, so that socket buffers
+	// cannot hide a client that stopped reading; elsewhere, when their
+	// write returned. Default: 10s.
+	StallTimeout caddy.Duration `json:"stall_timeout,omitempty"`
+
 	logger  *zap.Logger
 	key     hubKey
 	hub     *capture.Hub // nil until Provision took it from hubs
@@ -99,12 +108,11 @@ const (
 	defaultFPS     = 10
 	defaultQuality = 70
 
+	defaultStallTimeout = 10 * time.Second
+
 	// firstFrameTimeout bounds the wait for the first frame: a DISPLAY on
 	// an unreachable host can hold a connection attempt for minutes.
 	firstFrameTimeout = 5 * time.Second
-	// writeTimeout drops a client that stops reading, which would otherwise
-	// hold its handler, and Caddy's shutdown, forever.
-	writeTimeout = 10 * time.Second
 )
 
 // Test hooks.
@@ -137,6 +145,12 @@ func (ds *DesktopStream) Provision(ctx caddy.Context) error {
 	}
 	if ds.Quality == 0 {
 		ds.Quality = defaultQuality
+	}
+	if ds.StallTimeout == 0 {
+		ds.StallTimeout = caddy.Duration(defaultStallTimeout)
+	}
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterConnContext(withConn) // for the stall clock
 	}
 
 	// Streams never end by themselves: every shutdown of the server, a
@@ -190,6 +204,9 @@ func (ds *DesktopStream) Validate() error {
 		if c.v < c.lo || c.v > c.hi {
 			return fmt.Errorf("%s %d out of range %d-%d", c.name, c.v, c.lo, c.hi)
 		}
+	}
+	if ds.StallTimeout < 0 {
+		return fmt.Errorf("stall_timeout %v is negative", time.Duration(ds.StallTimeout))
 	}
 	if ds.AllowRemote && len(ds.AllowedHosts) > 0 {
 		return errors.New("allowed_hosts applies only without allow_remote")
@@ -354,16 +371,18 @@ func (ds *DesktopStream) serveStream(w http.ResponseWriter, r *http.Request) err
 		return nil
 	}
 
+	// The write deadline is not cleared when the stream ends: every end
+	// breaks the connection (the client left, or the aborts below).
 	rc := http.NewResponseController(w)
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }() // the connection may serve more requests
+	conn := tcpConn(r)
+	clock := stallClock{timeout: time.Duration(ds.StallTimeout), p: newProgress(conn), since: time.Now()}
 	pw := capture.NewPartWriter(w)
 	for {
-		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout)) // not every writer supports it
-		if err := pw.WriteFrame(f.JPEG); err != nil {
+		switch err := ds.sendFrame(pw, rc, &clock, f, r.ProtoMajor); {
+		case errors.Is(err, errStalled):
+			ds.dropStalled(r, rc, conn, clock.since)
+		case err != nil:
 			return nil // the client is gone; there is no one to tell
-		}
-		if err := rc.Flush(); err != nil {
-			return nil
 		}
 		if f, err = v.Next(ctx); err != nil {
 			break
@@ -385,8 +404,59 @@ func (ds *DesktopStream) serveStream(w http.ResponseWriter, r *http.Request) err
 	if c := ds.logger.Check(zapcore.DebugLevel, "ending stream"); c != nil {
 		c.Write(zap.Error(cause))
 	}
+	_ = rc.SetWriteDeadline(clock.deadline(time.Now())) // a stalled viewer must not hold the shutdown
 	_ = pw.Close()
 	_ = rc.Flush()
+	panic(http.ErrAbortHandler)
+}
+
+// errStalled is sendFrame's verdict on a viewer that took no whole frame
+// within stall_timeout.
+var errStalled = errors.New("viewer stalled")
+
+// sendFrame writes and flushes one frame under the stall clock, and notes
+// it sent.
+func (ds *DesktopStream) sendFrame(pw *capture.PartWriter, rc *http.ResponseController, clock *stallClock, f *capture.Frame, proto int) error {
+	now := time.Now()
+	deadline := clock.deadline(now)
+	if !now.Before(deadline) {
+		return errStalled
+	}
+	// The deadline bounds a write that blocks; not every writer supports
+	// one.
+	_ = rc.SetWriteDeadline(deadline)
+	err := pw.WriteFrame(f.JPEG)
+	if err == nil {
+		err = rc.Flush()
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return errStalled
+	}
+	if err != nil {
+		return err
+	}
+	clock.p.sent()
+	if proto == 2 {
+		// On HTTP/2 a write deadline is a timer that resets the stream
+		// even between writes, as while the screen is still.
+		_ = rc.SetWriteDeadline(time.Time{})
+	}
+	return nil
+}
+
+// dropStalled ends the stream of a viewer that has taken no whole frame
+// since since. It breaks the response, since the viewer would not read its
+// end, and on HTTP/1 resets the connection rather than closing it: a
+// closed one keeps in the kernel what the client never read, and net/http
+// would flush into it. It does not return.
+func (ds *DesktopStream) dropStalled(r *http.Request, rc *http.ResponseController, conn *net.TCPConn, since time.Time) {
+	if c := ds.logger.Check(zapcore.DebugLevel, "dropping a stalled viewer"); c != nil {
+		c.Write(zap.String("remote_addr", r.RemoteAddr), zap.Duration("stalled_for", time.Since(since)))
+	}
+	_ = rc.SetWriteDeadline(time.Now())
+	if conn != nil && r.ProtoMajor == 1 {
+		_ = conn.SetLinger(0)
+	}
 	panic(http.ErrAbortHandler)
 }
 

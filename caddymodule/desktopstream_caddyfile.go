@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -34,12 +35,14 @@ func parseDesktopStream(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, er
 //		max_viewers  <n>
 //		allow_remote
 //		allowed_hosts <name>...
+//		stall_timeout <duration>
 //		rate_limit   <rate> [{ ... }]
 //	}
 //
 // Every subdirective is optional and may appear once. The block may be
 // omitted: display 0, 10 fps, quality 70, native size, no viewer cap,
-// loopback clients asking for a loopback name only, no rate limit.
+// loopback clients asking for a loopback name only, viewers dropped after
+// 10s without taking a whole frame, no rate limit.
 // allowed_hosts adds names to loopback's, without allow_remote only.
 // rate_limit is llm_proxy's, block and all.
 func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -63,6 +66,8 @@ func (ds *DesktopStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			ds.AllowRemote, err = true, noArgs(d)
 		case "allowed_hosts":
 			ds.AllowedHosts, err = hostsArg(d)
+		case "stall_timeout":
+			ds.StallTimeout, err = timeoutArg(d)
 		case "rate_limit":
 			ds.RateLimit, err = parseRateLimit(d)
 		default:
@@ -91,6 +96,21 @@ func hostsArg(d *caddyfile.Dispenser) ([]string, error) {
 func isIPv6(h string) bool {
 	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
 	return err == nil && a.Is6()
+}
+
+// timeoutArg reads one duration above 0: a timeout that cannot be off.
+func timeoutArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
+	s, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	const want = "a duration above 0, such as 10s"
+	dur, err := parseDuration(d, name, s, want)
+	if err == nil && dur == 0 {
+		err = badArg(d, name, s, want)
+	}
+	return dur, err
 }
 
 // Interface guard

@@ -47,6 +47,9 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 		{name: "allowed_hosts", in: `desktop_stream {
 			allowed_hosts desktop.lan Screen.Example 192.0.2.7 [2001:db8::7] 2001:db8::8
 		}`, want: DesktopStream{AllowedHosts: []string{"desktop.lan", "Screen.Example", "192.0.2.7", "[2001:db8::7]", "2001:db8::8"}}},
+		{name: "stall_timeout", in: `desktop_stream {
+			stall_timeout 1m30s
+		}`, want: DesktopStream{StallTimeout: caddy.Duration(90 * time.Second)}},
 		{name: "bounds", in: `desktop_stream {
 			fps 60
 			quality 1
@@ -106,6 +109,15 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 		{name: "allowed_hosts with a scheme", in: `desktop_stream {
 			allowed_hosts desktop.lan http://desktop.lan
 		}`, err: `bad allowed_hosts "http://desktop.lan"`},
+		{name: "stall_timeout zero", in: `desktop_stream {
+			stall_timeout 0
+		}`, err: `bad stall_timeout "0": want a duration above 0, such as 10s`},
+		{name: "stall_timeout off", in: `desktop_stream {
+			stall_timeout off
+		}`, err: `bad stall_timeout "off"`},
+		{name: "stall_timeout negative", in: `desktop_stream {
+			stall_timeout -1s
+		}`, err: `bad stall_timeout "-1s"`},
 		{name: "flag with value", in: `desktop_stream {
 			allow_remote yes
 		}`, err: "wrong argument count"},
@@ -126,8 +138,8 @@ func TestDesktopStreamCaddyfile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := [...]any{ds.Display, ds.FPS, ds.Quality, ds.MaxWidth, ds.MaxViewers, ds.AllowRemote, fmt.Sprint(ds.AllowedHosts)}
-			want := [...]any{c.want.Display, c.want.FPS, c.want.Quality, c.want.MaxWidth, c.want.MaxViewers, c.want.AllowRemote, fmt.Sprint(c.want.AllowedHosts)}
+			got := [...]any{ds.Display, ds.FPS, ds.Quality, ds.MaxWidth, ds.MaxViewers, ds.AllowRemote, fmt.Sprint(ds.AllowedHosts), ds.StallTimeout}
+			want := [...]any{c.want.Display, c.want.FPS, c.want.Quality, c.want.MaxWidth, c.want.MaxViewers, c.want.AllowRemote, fmt.Sprint(c.want.AllowedHosts), c.want.StallTimeout}
 			if got != want {
 				t.Fatalf("got %v, want %v", got, want)
 			}
@@ -248,7 +260,8 @@ func TestDesktopStreamProvision(t *testing.T) {
 
 	// Without a display, Caddy still starts: the display is not checked.
 	ds := provision(t, `desktop_stream`)
-	if ds.FPS != 10 || ds.Quality != 70 || ds.MaxWidth != 0 || ds.MaxViewers != 0 || ds.AllowRemote {
+	if ds.FPS != 10 || ds.Quality != 70 || ds.MaxWidth != 0 || ds.MaxViewers != 0 || ds.AllowRemote ||
+		time.Duration(ds.StallTimeout) != 10*time.Second {
 		t.Fatalf("defaults: %+v", ds)
 	}
 
@@ -272,6 +285,14 @@ func TestDesktopStreamProvision(t *testing.T) {
 	defer bad.Cleanup()
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "fps 120 out of range") {
 		t.Fatalf("fps 120: %v", err)
+	}
+	neg := &DesktopStream{StallTimeout: caddy.Duration(-time.Second)}
+	if err := neg.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer neg.Cleanup()
+	if err := neg.Validate(); err == nil || err.Error() != "stall_timeout -1s is negative" {
+		t.Fatalf("stall_timeout -1s: %v", err)
 	}
 	if _, err := tryProvision(t, "desktop_stream {\n allow_remote\n allowed_hosts desktop.lan\n}"); err == nil ||
 		err.Error() != "allowed_hosts applies only without allow_remote" {
