@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -183,42 +182,13 @@ func TestGenAITraceOfBrokenStream(t *testing.T) {
 // span: tracing adds to a stream's setup and end, never to its chunks, so
 // allocs/stream must stay flat as chunks/stream grows.
 func BenchmarkRelayTraced(b *testing.B) {
-	event := []byte(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1730000000,"model":"m","choices":[{"index":0,"delta":{"content":" token"},"logprobs":null,"finish_reason":null}]}` + "\n\n")
-	end := []byte(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1730000000,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}` + "\n\ndata: [DONE]\n\n")
 	for _, chunks := range []int{200, 2000} {
-		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/event-stream")
-			f := w.(http.Flusher)
-			for range chunks {
-				w.Write(event)
-				f.Flush()
-			}
-			w.Write(end)
-		}))
+		up := benchUpstream(b, chunks)
 		b.Run(map[int]string{200: "chunks=200", 2000: "chunks=2000"}[chunks], func(b *testing.B) {
 			h := provisionProxy(b, "llm_proxy "+up.URL+"/v1")
 			h.logger = zap.NewNop()
 			srv, _ := traced(b, h)
-			client := srv.Client()
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			b.ResetTimer()
-			for b.Loop() {
-				resp, err := client.Get(srv.URL + "/?prompt=hi")
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-					b.Fatal(err)
-				}
-				resp.Body.Close()
-			}
-			b.StopTimer()
-			runtime.ReadMemStats(&after)
-			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(b.N), "allocs/stream")
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(chunks), "ns/chunk")
-			b.ReportMetric(0, "ns/op")
+			measureStreams(b, srv, chunks)
 		})
-		up.Close()
 	}
 }
