@@ -123,18 +123,7 @@ func (s *Simulator) streamCompletion(w http.ResponseWriter, r *http.Request, rp 
 	if !chunk(-1, rp.finish) {
 		return
 	}
-	if rp.usage {
-		e.buf = rp.appendHead(append(e.buf[:0], "data: "...), "text_completion")
-		e.buf = append(e.buf, `[],"usage":`...)
-		e.buf = rp.appendUsage(e.buf)
-		e.buf = append(e.buf, "}\n\n"...)
-		if !e.send() {
-			return
-		}
-	}
-	if rp.kind != noDone {
-		e.raw(doneSE)
-	}
+	e.endStream(rp, func(b []byte) []byte { return rp.appendHead(append(b, "data: "...), "text_completion") })
 }
 
 func (s *Simulator) wholeCompletion(w http.ResponseWriter, r *http.Request, rp *reply) {

@@ -399,9 +399,15 @@ func (s *Simulator) stream(w http.ResponseWriter, r *http.Request, rp *reply) {
 	if !e.end(rp.finish) {
 		return
 	}
+	e.endStream(rp, func(b []byte) []byte { return append(b, e.head...) })
+}
+
+// endStream sends what closes a chat or legacy completion stream: the
+// usage chunk when the request asked for it (head writes its start, up
+// to "choices":), then [DONE] unless the reply leaves it out.
+func (e *events) endStream(rp *reply, head func([]byte) []byte) {
 	if rp.usage {
-		e.buf = append(e.buf[:0], e.head...)
-		e.buf = append(e.buf, `[],"usage":`...)
+		e.buf = append(head(e.buf[:0]), `[],"usage":`...)
 		e.buf = rp.appendUsage(e.buf)
 		e.buf = append(e.buf, "}\n\n"...)
 		if !e.send() {
