@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,10 +127,10 @@ func TestPassThroughRateLimit(t *testing.T) {
 }
 
 func TestModels(t *testing.T) {
-	var calls int
+	var calls atomic.Int32 // the upstreams are asked at once
 	newUp := func(list string) *httptest.Server {
 		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			calls++
+			calls.Add(1)
 			io.WriteString(w, list)
 		}))
 		t.Cleanup(up.Close)
@@ -148,8 +149,8 @@ func TestModels(t *testing.T) {
 	if resp.StatusCode != 200 || body != `{"id":"gpt-4o-mini","object":"model","created":2,"owned_by":"deepseek"}` {
 		t.Errorf("one model %d %s", resp.StatusCode, body)
 	}
-	if calls != 2 {
-		t.Errorf("%d upstream calls, want 2: the list is kept", calls)
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d upstream calls, want 2: the list is kept", n)
 	}
 }
 
