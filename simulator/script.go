@@ -378,19 +378,7 @@ func (s *Simulator) stream(w http.ResponseWriter, r *http.Request, rp *reply) {
 		}
 	}
 
-	switch rp.kind {
-	case errorEvent:
-		e.raw(errorEventSE)
-		return
-	case reset:
-		panic(http.ErrAbortHandler)
-	case stall:
-		<-p.done
-		return
-	case garbage:
-		if e.raw(garbageSE) {
-			e.raw(doneSE)
-		}
+	if e.fault(rp, &p, errorEventSE, garbageSE+doneSE) {
 		return
 	}
 
