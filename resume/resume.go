@@ -1,0 +1,117 @@
+// Package resume keeps the framed events of streamed completions so that a
+// client whose connection dropped can read what it missed and follow the
+// rest: in memory on one instance, or in Redis across a fleet. See
+// docs/resume.md for the wire protocol built on it.
+package resume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"time"
+)
+
+// Errors of a Store.
+var (
+	// ErrNotFound: no such stream, or it expired.
+	ErrNotFound = errors.New("resume: no such stream")
+	// ErrDropped: the events asked for were dropped (max_bytes).
+	ErrDropped = errors.New("resume: events were dropped past max_bytes")
+	// ErrFull: the store holds max_streams streams already.
+	ErrFull = errors.New("resume: too many streams kept")
+	// ErrBehind ends a Cursor that fell more than max_bytes behind the
+	// stream it follows.
+	ErrBehind = errors.New("resume: reader fell too far behind")
+)
+
+// State is how a stream stands.
+type State uint8
+
+const (
+	Live      State = iota // the upstream is still streaming
+	Done                   // ended with the framing's done
+	Failed                 // ended with the framing's error signal (or none, in text)
+	Cancelled              // cancelled by a client's DELETE
+)
+
+// Meta describes a stream.
+type Meta struct {
+	ID     string // NewID
+	Owner  string // who started it (a rate-limit key), checked on resume
+	Format string // the framing's name, as frame.Format.String
+	// Model the stream was asked for, for the log line of a resume.
+	Model string
+}
+
+// Options bound a store.
+type Options struct {
+	TTL        time.Duration // how long a stream is kept after it ends
+	MaxBytes   int           // events kept per stream
+	Grace      time.Duration // how long a stream with nobody attached lives on
+	MaxStreams int           // open and kept streams in all (memory store)
+}
+
+// Store keeps streams.
+type Store interface {
+	// Create starts a stream. Its Log is written by the instance that
+	// runs the upstream. Errors: ErrFull, or the store's own (Redis down):
+	// either way the stream is simply not resumable.
+	Create(ctx context.Context, m Meta) (Log, error)
+	// Read opens a cursor on stream id that yields the events after the
+	// first `after` (0: from the start), then follows the stream until it
+	// ends. Errors: ErrNotFound, ErrDropped. The cursor counts as an
+	// attached client until Close.
+	Read(ctx context.Context, id string, after int) (Cursor, error)
+	// Cancel cancels a live stream wherever it runs: its Log's Abandoned
+	// fires with ErrCancelled. ErrNotFound if there is no such stream.
+	Cancel(ctx context.Context, id string) error
+	// Close lets go of the store's resources (connections, goroutines).
+	Close() error
+}
+
+// ErrCancelled is the cause of Abandoned after Store.Cancel.
+var ErrCancelled = errors.New("resume: stream cancelled by its client")
+
+// ErrUnattended is the cause of Abandoned after grace with nobody attached.
+var ErrUnattended = errors.New("resume: nobody attached for the grace period")
+
+// Log is the writing end of a stream.
+type Log interface {
+	// Append adds the next event (numbered from 1). It never blocks on
+	// readers; past MaxBytes the oldest events are dropped.
+	Append(event []byte) error
+	// End ends the stream in state (Done, Failed or Cancelled); it is
+	// kept TTL longer for resumes.
+	End(state State) error
+	// Abandoned is closed when the stream should stop: cancelled by a
+	// client, or nobody attached for Grace. Cause tells which.
+	Abandoned() <-chan struct{}
+	Cause() error
+	// Attached tells whether any cursor (on any instance) is attached.
+	Attached() bool
+}
+
+// Cursor reads a stream's events in order.
+type Cursor interface {
+	// Meta is the stream's.
+	Meta() Meta
+	// Next returns event n+1 (its number with it). At the stream's end it
+	// returns the final state and io.EOF; ErrBehind if the reader fell too
+	// far behind; ctx's error when ctx ends.
+	Next(ctx context.Context) (event []byte, n int, err error)
+	// State is the stream's final state once Next returned io.EOF.
+	State() State
+	// Backlog is how many events were kept when the cursor opened beyond
+	// its `after`: the events a resume replays, for the metrics.
+	Backlog() int
+	// Close detaches the reader.
+	Close()
+}
+
+// NewID returns a new stream ID: 128 random bits, base64url.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
