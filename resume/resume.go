@@ -23,6 +23,10 @@ var (
 	// ErrBehind ends a Cursor that fell more than max_bytes behind the
 	// stream it follows.
 	ErrBehind = errors.New("resume: reader fell too far behind")
+	// ErrClosed: the store was closed (a cursor waiting on it ends with it).
+	ErrClosed = errors.New("resume: store closed")
+	// ErrEnded: Append or End on a stream that has ended already.
+	ErrEnded = errors.New("resume: stream has ended")
 )
 
 // State is how a stream stands.
@@ -44,12 +48,29 @@ type Meta struct {
 	Model string
 }
 
-// Options bound a store.
+// Options bound a store. A zero field takes the default of docs/resume.md.
 type Options struct {
-	TTL        time.Duration // how long a stream is kept after it ends
-	MaxBytes   int           // events kept per stream
-	Grace      time.Duration // how long a stream with nobody attached lives on
-	MaxStreams int           // open and kept streams in all (memory store)
+	TTL        time.Duration // how long a stream is kept after it ends; default 5m
+	MaxBytes   int           // events kept per stream; default 1MiB
+	Grace      time.Duration // how long a stream with nobody attached lives on; default 30s
+	MaxStreams int           // open and kept streams in all (per memory store, per prefix in Redis); default 10000
+}
+
+// withDefaults fills in the zero fields.
+func (o Options) withDefaults() Options {
+	if o.TTL <= 0 {
+		o.TTL = 5 * time.Minute
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = 1 << 20
+	}
+	if o.Grace <= 0 {
+		o.Grace = 30 * time.Second
+	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = 10000
+	}
+	return o
 }
 
 // Store keeps streams.
