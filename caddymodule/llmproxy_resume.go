@@ -105,7 +105,7 @@ func (rc *ResumeConfig) provision(ctx caddy.Context, log *zap.Logger) error {
 			return nil, fmt.Errorf("resume: bad redis URL: %w", err)
 		}
 		logf := func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) }
-		return pooledStore{newRedisStore(redis.NewClient(o), opts, logf)}, nil
+		return pooledStore{resume.NewRedis(redis.NewClient(o), "llmstream:resume:", opts, logf)}, nil
 	})
 	if err != nil {
 		return err
