@@ -14,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
 )
 
 // pacedUpstream streams n chunks "w1 " ... "wn ", one per gap, and counts
@@ -344,6 +348,102 @@ func waitFor(t *testing.T, within time.Duration, cond func() bool) {
 		case <-ctx.Done():
 			t.Fatal("condition not met in time")
 		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestResumeStoreDown: with Redis unreachable a stream is answered as
+// without resume (no X-Stream-ID), and soon.
+func TestResumeStoreDown(t *testing.T) {
+	up := newPacedUpstream(t, 3, time.Millisecond)
+	dead := httptest.NewServer(http.NotFoundHandler())
+	addr := dead.Listener.Addr().String()
+	dead.Close() // a port nothing listens on
+	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume {\n\t\tstore redis redis://"+addr+"\n\t}\n}"))
+	start := time.Now()
+	resp := getWith(t, srv.URL+"/chat?prompt=hi")
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.Header.Get("X-Stream-ID") != "" || !strings.Contains(string(body), "event: done") {
+		t.Fatalf("with the store down: %v %q", resp.Header, body)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the stream waited %v on the store", d)
+	}
+}
+
+// TestResumeNoGoroutineLeft runs finished, abandoned and cancelled
+// resumable streams and resumes, and checks nothing outlives the handler.
+func TestResumeNoGoroutineLeft(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	up := newPacedUpstream(t, 50, 5*time.Millisecond)
+	defer up.Close()
+	h := new(LLMProxy)
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("llm_proxy " + up.URL + " {\n\tformat sse\n\tresume 1m {\n\t\tgrace 50ms\n\t}\n}")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = h.ServeHTTP(w, r, nil) }))
+
+	resp := getWith(t, srv.URL+"/chat?prompt=hi")
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	resp = getWith(t, srv.URL+"/chat?prompt=hi")
+	id := resp.Header.Get("X-Stream-ID")
+	readEvents(t, bufio.NewReader(resp.Body), 2)
+	resp.Body.Close() // abandoned: cancelled after grace
+	resp = getWith(t, srv.URL+"/chat?prompt=hi", "Last-Event-ID", id+".1")
+	readEvents(t, bufio.NewReader(resp.Body), 1)
+	resp.Body.Close()
+	resp = getWith(t, srv.URL+"/chat?prompt=hi")
+	req, _ := http.NewRequest(http.MethodDelete, srv.URL+"/chat", nil)
+	req.Header.Set("X-Stream-ID", resp.Header.Get("X-Stream-ID"))
+	del, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	del.Body.Close()
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	waitFor(t, 5*time.Second, func() bool { return up.requests.Load() == 3 && up.cancelled.Load() == 2 })
+	time.Sleep(100 * time.Millisecond) // the producers end their logs after their upstreams
+	srv.Close()
+	http.DefaultClient.CloseIdleConnections()
+	h.Cleanup()
+	cancel()
+}
+
+// TestResumeMetrics counts resumes by result, events replayed and streams
+// that ended with nobody connected.
+func TestResumeMetrics(t *testing.T) {
+	up := newPacedUpstream(t, 10, time.Millisecond)
+	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 1m\n}"))
+	resumed := testutil.ToFloat64(resumeMetrics.resumes.WithLabelValues(resumeResumed))
+	notFound := testutil.ToFloat64(resumeMetrics.resumes.WithLabelValues(resumeNotFound))
+	replayed := testutil.ToFloat64(resumeMetrics.replayed)
+	unattended := testutil.ToFloat64(resumeMetrics.unattended)
+
+	resp := getWith(t, srv.URL+"/chat?prompt=hi")
+	id := resp.Header.Get("X-Stream-ID")
+	resp.Body.Close() // at once: the stream ends with nobody connected
+	waitFor(t, 5*time.Second, func() bool { return testutil.ToFloat64(resumeMetrics.unattended) == unattended+1 })
+	resp = getWith(t, srv.URL+"/chat?prompt=hi", "Last-Event-ID", id+".4")
+	evs := readEvents(t, bufio.NewReader(resp.Body), 0)
+	resp.Body.Close()
+	getWith(t, srv.URL+"/chat?prompt=hi", "Last-Event-ID", "nope.1").Body.Close()
+	if len(evs) != 7 { // 5-10 and the done
+		t.Fatalf("resumed %d events, want 7", len(evs))
+	}
+	for name, c := range map[string]struct{ got, want float64 }{
+		"resumed":   {testutil.ToFloat64(resumeMetrics.resumes.WithLabelValues(resumeResumed)), resumed + 1},
+		"not_found": {testutil.ToFloat64(resumeMetrics.resumes.WithLabelValues(resumeNotFound)), notFound + 1},
+		"replayed":  {testutil.ToFloat64(resumeMetrics.replayed), replayed + 7},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", name, c.got, c.want)
 		}
 	}
 }

@@ -450,3 +450,42 @@ func TestWriterRefusesNonJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestWriterNumberEvents: with NumberEvents every frame of the SSE framings
+// carries <stream>.<n>, done and error included, and heartbeats carry none
+// and are not counted.
+func TestWriterNumberEvents(t *testing.T) {
+	for _, f := range []Format{OpenAI, SSE, NDJSON} {
+		rec := new(recorder)
+		fw := NewWriter(rec, rec.Flush, f)
+		fw.StreamID, fw.NumberEvents = "s", true
+		c := chunk.Chunk{Raw: []byte(`{"choices":[{"index":0,"delta":{"content":"a"}}]}`), Content: []byte(`"a"`), HasChoices: true}
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Heartbeat(); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Fail(&chunk.Error{Type: chunk.TypeUpstream, Message: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		if fw.Frames() != 3 {
+			t.Errorf("%s: %d frames, want 3", f, fw.Frames())
+		}
+		out := rec.buf.String()
+		ids := strings.Count(out, "id: ")
+		switch f {
+		case NDJSON:
+			if ids != 0 {
+				t.Errorf("ndjson carries ids: %q", out)
+			}
+		default:
+			if ids != 3 || !strings.Contains(out, "id: s.1\n") || !strings.Contains(out, ": keepalive\nid: s.2\n") || !strings.Contains(out, "id: s.3\n") {
+				t.Errorf("%s: %q", f, out)
+			}
+		}
+	}
+}
