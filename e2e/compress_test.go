@@ -163,61 +163,42 @@ func checkStreamed(t *testing.T, format string, ts timedStream) {
 
 var allFramings = []string{"openai", "sse", "ndjson", "text"}
 
-// TestCompressFramings: under the documented encode block, every framing is
+// TestCompress: under the documented encode block, every framing is
 // compressed in the encoding the client asked for, and each chunk is
-// decodable as it comes; a client that asks for none gets none.
-func TestCompressFramings(t *testing.T) {
-	c := compressStack(t, compressMatch)
-	for _, format := range allFramings {
-		for _, enc := range []string{"gzip", "zstd", ""} {
-			t.Run(format+"/"+orIdentity(enc), func(t *testing.T) {
-				t.Parallel()
-				ts := streamTimed(t, c, format, enc)
-				if ts.encoding != enc {
-					t.Fatalf("Content-Encoding %q, want %q", ts.encoding, enc)
-				}
-				checkStreamed(t, format, ts)
-			})
-		}
-	}
-}
-
-// TestCompressDefaultMatch: under a bare `encode zstd gzip`, Caddy's
-// default match list leaves ndjson out (why docs/compression.md gives the
-// match block), and the other framings are compressed. Either way each
-// chunk streams as it comes.
-func TestCompressDefaultMatch(t *testing.T) {
-	c := compressStack(t, "encode zstd gzip")
-	for _, format := range allFramings {
-		for _, enc := range []string{"gzip", "zstd"} {
-			t.Run(format+"/"+enc, func(t *testing.T) {
-				t.Parallel()
-				ts := streamTimed(t, c, format, enc)
-				want := enc
-				if format == "ndjson" {
-					want = ""
-				}
-				if ts.encoding != want {
-					t.Fatalf("Content-Encoding %q, want %q", ts.encoding, want)
-				}
-				checkStreamed(t, format, ts)
-			})
-		}
-	}
-}
-
-// TestCompressNeedsEncode: without encode, nothing is compressed, whatever
-// the client accepts.
-func TestCompressNeedsEncode(t *testing.T) {
-	c := compressStack(t, "")
-	for _, format := range allFramings {
-		t.Run(format, func(t *testing.T) {
-			t.Parallel()
-			ts := streamTimed(t, c, format, "zstd, gzip")
-			if ts.encoding != "" {
-				t.Fatalf("Content-Encoding %q without encode", ts.encoding)
+// decodable as it comes; a client that asks for none gets none. Under a
+// bare `encode zstd gzip`, Caddy's default match list leaves ndjson out
+// (why docs/compression.md gives the block). Without encode, nothing is
+// compressed, whatever the client accepts. Each chunk streams as it comes
+// in every case.
+func TestCompress(t *testing.T) {
+	for _, tc := range []struct {
+		name, encode string
+		accepts      []string
+		want         func(format, accept string) string // the Content-Encoding
+	}{
+		{"documented match", compressMatch, []string{"gzip", "zstd", ""}, func(_, accept string) string { return accept }},
+		{"default match", "encode zstd gzip", []string{"gzip", "zstd"}, func(format, accept string) string {
+			if format == "ndjson" {
+				return ""
 			}
-			checkStreamed(t, format, ts)
+			return accept
+		}},
+		{"no encode", "", []string{"zstd, gzip"}, func(string, string) string { return "" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := compressStack(t, tc.encode)
+			for _, format := range allFramings {
+				for _, accept := range tc.accepts {
+					t.Run(format+"/"+orIdentity(accept), func(t *testing.T) {
+						t.Parallel()
+						ts := streamTimed(t, c, format, accept)
+						if want := tc.want(format, accept); ts.encoding != want {
+							t.Fatalf("Content-Encoding %q, want %q", ts.encoding, want)
+						}
+						checkStreamed(t, format, ts)
+					})
+				}
+			}
 		})
 	}
 }
