@@ -85,7 +85,7 @@ type Meter struct {
 	tab    *Tab
 	events bool
 	line   []byte // an event stream's line so far, up to maxMeterLine
-	long   bool   // the line outgrew line: counted, not read
+	long   bool   // the line outgrew maxMeterLine: counted, not read
 	tail   []byte // the last bytes of another body, up to 2*meterTail
 	cut    error  // the budget was spent: the stream ends with this event
 	c      chunk.Chunk
