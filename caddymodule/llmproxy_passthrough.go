@@ -63,16 +63,20 @@ func (h *LLMProxy) servePass(w http.ResponseWriter, r *http.Request, api string)
 		rec.outcome, rec.err = outcomeRejected, err
 		return h.conclude(w, r, rec)
 	}
-	// The token budget is a gate here: a client that spent it is refused,
-	// but what these paths use is not counted (their usage is not read).
-	tab, spent := h.RateLimit.Reserve(w, r, ratelimit.Cost{MaxTokens: 1})
+	// The token budget is spent as chat spends it: its input reserved
+	// (with max_tokens where the answer is generated), the answer counted
+	// as it passes, its reported usage charged.
+	tab, spent := h.RateLimit.Reserve(w, r, ratelimit.PassCost(req.Body, api == "completions"))
 	if spent != nil {
 		rec.outcome, rec.err = outcomeRejected, &chunk.Error{Status: spent.Status, Type: chunk.TypeRateLimit,
 			Message: spent.Message, RetryAfter: spent.RetryAfter}
 		return h.conclude(w, r, rec)
 	}
 	defer tab.Settle()
-	rec.outcome, rec.err = h.relayPass(w, r, req, rec)
+	rec.outcome, rec.err = h.relayPass(w, r, req, rec, tab)
+	if rec.outcome == outcomeRejected {
+		tab.Refund() // no upstream generated anything
+	}
 	return h.conclude(w, r, rec)
 }
 
@@ -150,8 +154,10 @@ func formModel(body []byte, boundary string) string {
 // every read. Like relay, it returns outcomeRejected when nothing was sent
 // and the error is the client's answer; otherwise an error means the body
 // broke after its headers went out, told in an event stream's own error
-// event where the stream was between events (signalled).
-func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstream.PassRequest, rec *record) (string, error) {
+// event where the stream was between events (signalled). The answer is
+// counted on tab as it passes, which ends an event stream that spent its
+// client's budget after the event that did.
+func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstream.PassRequest, rec *record, tab *ratelimit.Tab) (string, error) {
 	ctx, stop := untilExit(r)
 	defer stop()
 	tries := h.maxTries
@@ -202,11 +208,14 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 		return nil
 	}
 
+	meter := ratelimit.NewMeter(tab, events)
 	buf := make([]byte, 32<<10)
 	var last [2]byte // the last two bytes sent: "\n\n" ends an event
 	for {
 		n, err := ans.Read(buf)
 		if n > 0 {
+			var spent error
+			n, spent = meter.Feed(buf[:n])
 			if send(buf[:n]) != nil {
 				return outcomeClientGone, nil
 			}
@@ -216,8 +225,14 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 			if n > 1 {
 				last[0] = buf[n-2]
 			}
+			if spent != nil {
+				e, outcome := h.streamError(spent)
+				rec.signalled = send(passErrorEvent(req.Path, e)) == nil
+				return outcome, spent
+			}
 		}
 		if err == io.EOF {
+			meter.End()
 			return outcomeCompleted, nil
 		}
 		if err != nil {

@@ -264,8 +264,17 @@ func TestNegotiate(t *testing.T) {
 func TestSetHeaders(t *testing.T) {
 	h := http.Header{}
 	SetHeaders(h, NDJSON)
-	if h.Get("Content-Type") != "application/x-ndjson" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" {
+	if h.Get("Content-Type") != "application/x-ndjson" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" ||
+		h.Get("Incremental") != "?1" {
 		t.Errorf("headers %v", h)
+	}
+	// Only where Caddy's encode would not stream by itself (see SetHeaders).
+	for f, want := range map[Format]string{OpenAI: "", SSE: "", Text: "?1"} {
+		h := http.Header{}
+		SetHeaders(h, f)
+		if got := h.Get("Incremental"); got != want {
+			t.Errorf("%s: Incremental %q, want %q", f, got, want)
+		}
 	}
 }
 
