@@ -22,6 +22,9 @@ type Request struct {
 	// Query is passed on as the client sent it, after any query the base
 	// URL has: GET responses/{id}?stream=true&starting_after=3.
 	Query string
+	// Header holds client headers that go along (a Messages request's
+	// anthropic-version and anthropic-beta), unless header_up sets them.
+	Header http.Header
 
 	// Body is the JSON to send.
 	Body []byte

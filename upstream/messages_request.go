@@ -1,0 +1,112 @@
+package upstream
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// messagesTokenFields is what a Messages API request bounds its output
+// by: max_tokens, which Anthropic requires.
+var messagesTokenFields = []string{"max_tokens"}
+
+// MessagesHeaders are the client headers a Messages API request carries to
+// the upstream: the API version and the betas the client opts into (Claude
+// Code sends several). header_up, the operator's word, takes precedence.
+var MessagesHeaders = []string{"Anthropic-Version", "Anthropic-Beta"}
+
+// FromMessagesJSON is the package's FromMessagesJSON within l, which bound
+// a Messages request as they bound a chat one: its model, its max_tokens
+// (set to the cap when the request names none), its messages and the
+// characters of their text and of the system prompt. The body goes to the
+// upstream as the client wrote it but for those and "stream", forced on by
+// forceStream for the framings that only stream; only then is it written
+// anew. header is the client's: of it, MessagesHeaders go along.
+func (l *Limits) FromMessagesJSON(body []byte, header http.Header, forceStream bool, defaultModel string) (*Request, error) {
+	if l == nil {
+		l = &Limits{}
+	}
+	fields, err := bodyFields(body)
+	if err != nil {
+		return nil, err
+	}
+	req := &Request{API: Messages, Path: "messages", N: 1, Header: clientHeaders(header)}
+	changed, err := l.model(fields, req, defaultModel)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.messagesLimits(fields, req); err != nil {
+		return nil, err
+	}
+	if err := l.capTokensOf(messagesTokenFields, fields, req); err != nil {
+		return nil, err
+	}
+	changed = changed || l.MaxTokens > 0
+	if s, ok := fields["stream"]; ok && isSet(s) {
+		if json.Unmarshal(s, &req.Stream) != nil {
+			return nil, badRequest("stream must be a boolean")
+		}
+	}
+	if forceStream && !req.Stream {
+		req.Stream = true
+		fields["stream"] = json.RawMessage("true")
+		changed = true
+	}
+	req.Body = body
+	if changed {
+		req.Body = mustJSON(fields)
+	}
+	return req, nil
+}
+
+// messagesLimits counts the text of the system prompt and of the messages,
+// and holds it and the number of messages to l. What else the messages
+// hold is the upstream's to judge.
+func (l *Limits) messagesLimits(fields map[string]json.RawMessage, req *Request) error {
+	req.PromptChars = textChars(fields["system"])
+	if msgs, ok := fields["messages"]; ok {
+		var list []json.RawMessage
+		if json.Unmarshal(msgs, &list) != nil {
+			return badRequest("messages must be an array")
+		}
+		if l.MaxMessages > 0 && len(list) > l.MaxMessages {
+			return tooMany("messages", "messages", len(list), l.MaxMessages)
+		}
+		for _, m := range list {
+			if chars, ok := message(m); ok {
+				req.PromptChars += chars
+			}
+		}
+	}
+	return l.checkPrompt(req.PromptChars)
+}
+
+// MessagesFromPrompt is a streamed Messages request of one user message,
+// for GET <...>/v1/messages?prompt=. Anthropic requires max_tokens: it is
+// the cap, or 4096 without one.
+func (l *Limits) MessagesFromPrompt(prompt, model string, header http.Header) (*Request, error) {
+	if prompt == "" {
+		return nil, badRequest("missing prompt: pass ?prompt=<text>")
+	}
+	fields := map[string]json.RawMessage{"messages": userMessage(prompt), "stream": json.RawMessage("true")}
+	if model != "" {
+		fields["model"] = mustJSON(model)
+	}
+	if l == nil || l.MaxTokens == 0 {
+		fields["max_tokens"] = json.RawMessage("4096")
+	}
+	return l.FromMessagesJSON(mustJSON(fields), header, true, "")
+}
+
+// clientHeaders are the MessagesHeaders of h, nil when it has none.
+func clientHeaders(h http.Header) http.Header {
+	var out http.Header
+	for _, k := range MessagesHeaders {
+		if v := h.Values(k); len(v) > 0 {
+			if out == nil {
+				out = http.Header{}
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
