@@ -239,7 +239,7 @@ func (mp *MessagesParser) blockDelta(index, delta json.RawMessage, c *chunk.Chun
 }
 
 // messageDelta reads the message's end: its stop reason as a chat
-// finish_reason, and its usage.
+// finish_reason, its usage, and the model message_start named.
 func (mp *MessagesParser) messageDelta(delta, usage json.RawMessage, c *chunk.Chunk) error {
 	var stop json.RawMessage
 	err := mp.rp.inner(delta, func(n []byte, v json.RawMessage) {
@@ -251,6 +251,9 @@ func (mp *MessagesParser) messageDelta(delta, usage json.RawMessage, c *chunk.Ch
 		return err
 	}
 	c.FinishReason = stopReason(stop)
+	// The model again, from message_start: the framings other than openai
+	// skip that event, and their done event names the model.
+	c.Model = mp.rp.p.modelStr
 	if isSet(usage) {
 		if err := mp.readUsage(usage); err != nil {
 			return err

@@ -55,7 +55,7 @@ func TestMessagesParserEvents(t *testing.T) {
 			typ: "content_block_delta", data: `{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{}"}}`},
 		{name: "message_delta end_turn", prefix: []string{start}, typ: "message_delta",
 			data: `{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":7}}`,
-			want: want{finish: "stop", usage: `{"prompt_tokens":15,"completion_tokens":7,"total_tokens":22,"prompt_tokens_details":{"cached_tokens":5}}`}},
+			want: want{finish: "stop", model: "claude-x", usage: `{"prompt_tokens":15,"completion_tokens":7,"total_tokens":22,"prompt_tokens_details":{"cached_tokens":5}}`}},
 		{name: "message_delta max_tokens", typ: "message_delta",
 			data: `{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"input_tokens":3,"output_tokens":2}}`,
 			want: want{finish: "length", usage: `{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}`}},
