@@ -20,7 +20,8 @@ import (
 // upstream request: a POST's body forwarded as it came (with the default
 // model filled in, max_tokens held to the cap, and "stream" forced on for
 // the framings that only stream), with the client's anthropic-version and
-// anthropic-beta; a GET ?prompt= as one user message, streamed.
+// anthropic-beta and its query but for the proxy's own format=; a GET
+// ?prompt= as one user message, streamed.
 func (h *LLMProxy) buildMessagesRequest(r *http.Request, format frame.Format) (*upstream.Request, error) {
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
@@ -30,7 +31,12 @@ func (h *LLMProxy) buildMessagesRequest(r *http.Request, format frame.Format) (*
 	if err != nil {
 		return nil, err
 	}
-	return h.limits.FromMessagesJSON(body, r.Header, format != frame.OpenAI, h.Model)
+	req, err := h.limits.FromMessagesJSON(body, r.Header, format != frame.OpenAI, h.Model)
+	if err == nil {
+		// The SDKs' beta namespace posts to messages?beta=true.
+		req.Query = withoutParam(r.URL.RawQuery, "format")
+	}
+	return req, err
 }
 
 // typedMessages sets up the writer of a Messages stream. The openai

@@ -99,16 +99,17 @@ const messagesBody = `{"model":"claude-x","max_tokens":64,"stream":true,"message
 
 // TestMessagesTypedFraming: in the default framing the upstream's events
 // reach the client byte for byte (no id line, no end of the proxy's), with
-// the server's key as x-api-key and the client's anthropic headers; the
-// client's own key stays behind.
+// the server's key as x-api-key, the client's anthropic headers and its
+// query (the SDKs' beta namespace asks messages?beta=true); the client's
+// own key stays behind.
 func TestMessagesTypedFraming(t *testing.T) {
 	up := newMessagesUpstream(t, 0, messagesEvents...)
 	srv := messagesProxy(t, "", up)
-	resp, body := postMessages(t, srv, "/v1/messages", messagesBody, "Anthropic-Beta", "fine-grained-tool-streaming-2025-05-14")
+	resp, body := postMessages(t, srv, "/v1/messages?beta=true&format=openai", messagesBody, "Anthropic-Beta", "fine-grained-tool-streaming-2025-05-14")
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" || body != strings.Join(messagesEvents, "") {
 		t.Errorf("%d %s\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
-	if got := up.last.Load().(string); got != "POST /v1/messages sk-server 2023-06-01 fine-grained-tool-streaming-2025-05-14 "+messagesBody {
+	if got := up.last.Load().(string); got != "POST /v1/messages?beta=true sk-server 2023-06-01 fine-grained-tool-streaming-2025-05-14 "+messagesBody {
 		t.Errorf("upstream asked %s", got)
 	}
 }
