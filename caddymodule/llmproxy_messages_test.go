@@ -236,8 +236,16 @@ func TestMessagesRefusals(t *testing.T) {
 		}
 	}
 
+	// Without a cap to send, a request without max_tokens is refused as
+	// Anthropic would refuse it, without asking it.
+	bare := newMessagesUpstream(t, 0, messagesEvents...)
+	resp, body := postMessages(t, messagesProxy(t, "", bare), "/v1/messages", `{"model":"claude-x","messages":[]}`)
+	if typ, msg := anthropicError(t, body); resp.StatusCode != 400 || typ != "invalid_request_error" || msg != "max_tokens: Field required" || bare.calls.Load() != 0 {
+		t.Errorf("no max_tokens: %d %s", resp.StatusCode, body)
+	}
+
 	// count_tokens is passed through, and refused in the same shape.
-	resp, body := postMessages(t, srv, "/v1/messages/count_tokens", `{"model":"claude-y","messages":[]}`)
+	resp, body = postMessages(t, srv, "/v1/messages/count_tokens", `{"model":"claude-y","messages":[]}`)
 	if typ, _ := anthropicError(t, body); resp.StatusCode != 404 || typ != "not_found_error" {
 		t.Errorf("count_tokens: %d %s", resp.StatusCode, body)
 	}

@@ -16,7 +16,8 @@ var MessagesHeaders = []string{"Anthropic-Version", "Anthropic-Beta"}
 
 // FromMessagesJSON is the package's FromMessagesJSON within l, which bound
 // a Messages request as they bound a chat one: its model, its max_tokens
-// (set to the cap when the request names none), its messages and the
+// (set to the cap when the request names none; without a cap, a request
+// without one is refused, as Anthropic refuses it), its messages and the
 // characters of their text and of the system prompt. The body goes to the
 // upstream as the client wrote it but for those and "stream", forced on by
 // forceStream for the framings that only stream; only then is it written
@@ -39,6 +40,10 @@ func (l *Limits) FromMessagesJSON(body []byte, header http.Header, forceStream b
 	}
 	if err := l.capTokensOf(messagesTokenFields, fields, req); err != nil {
 		return nil, err
+	}
+	if v, ok := fields["max_tokens"]; !ok || !isSet(v) {
+		// Anthropic refuses it too, in these words: it need not be asked.
+		return nil, overLimit("max_tokens", "null", "max_tokens: Field required")
 	}
 	changed = changed || l.MaxTokens > 0
 	if s, ok := fields["stream"]; ok && isSet(s) {

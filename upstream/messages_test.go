@@ -322,7 +322,8 @@ func TestFromMessagesJSON(t *testing.T) {
 		{name: "prompt too long, with the system prompt", l: Limits{MaxPrompt: 10}, body: body, status: 400},
 		{name: "not JSON", body: `{"model":`, status: 400},
 		{name: "messages not an array", body: `{"messages":{}}`, status: 400},
-		{name: "stream not a boolean", body: `{"stream":"yes"}`, status: 400},
+		{name: "stream not a boolean", body: `{"stream":"yes","max_tokens":1}`, status: 400},
+		{name: "no max_tokens, and no cap to send", body: `{"model":"m","messages":[]}`, status: 400},
 	} {
 		req, err := tt.l.FromMessagesJSON([]byte(tt.body), nil, tt.force, tt.def)
 		if tt.status != 0 {
