@@ -3,7 +3,6 @@ package upstream
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -43,11 +42,9 @@ type MessagesParser struct {
 	stopped bool
 }
 
-var errDataAfter = errors.New("data after the JSON object")
-
 // messageEvent is the top level of an event.
 type messageEvent struct {
-	typ, index, message, block, delta, usage, err json.RawMessage
+	index, message, block, delta, usage, err json.RawMessage
 }
 
 // Parse decodes one event's data into c. sseType is the event's "event:"
@@ -55,20 +52,26 @@ type messageEvent struct {
 // that is not a JSON object is an error: in an event typed error, the
 // upstream's failure as a *chunk.Error.
 func (mp *MessagesParser) Parse(sseType, data []byte, c *chunk.Chunk) error {
-	c.Raw = append(c.Raw[:0], data...)
-	mp.rp.out = mp.rp.out[:0]
 	var ev messageEvent
-	if err := mp.event(c.Raw, &ev); err != nil {
-		if string(sseType) == "error" {
-			return parseError(c.Raw)
+	typ, err := mp.rp.typedEvent(sseType, data, c, func(name []byte, v json.RawMessage) {
+		switch string(name) { // no allocation: the compiler compares in place
+		case "index":
+			ev.index = v
+		case "message":
+			ev.message = v
+		case "content_block":
+			ev.block = v
+		case "delta":
+			ev.delta = v
+		case "usage":
+			ev.usage = v
+		case "error":
+			ev.err = v
 		}
-		return fmt.Errorf("decoding upstream event: %w", err)
+	})
+	if err != nil {
+		return err
 	}
-	typ := sseType
-	if t, ok := unquote(ev.typ); ok {
-		typ = t
-	}
-	var err error
 	switch string(typ) {
 	case "message_start":
 		err = mp.start(ev.message, c)
@@ -93,35 +96,6 @@ func (mp *MessagesParser) Parse(sseType, data []byte, c *chunk.Chunk) error {
 		}
 	}
 	return err
-}
-
-// event walks the top level of data, which must be one JSON object.
-func (mp *MessagesParser) event(data []byte, ev *messageEvent) error {
-	err := mp.rp.object(data, func(name []byte, v json.RawMessage) {
-		switch string(name) { // no allocation: the compiler compares in place
-		case "type":
-			ev.typ = v
-		case "index":
-			ev.index = v
-		case "message":
-			ev.message = v
-		case "content_block":
-			ev.block = v
-		case "delta":
-			ev.delta = v
-		case "usage":
-			ev.usage = v
-		case "error":
-			ev.err = v
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if _, err := mp.rp.p.dec.ReadToken(); err != jsontextEOF {
-		return errDataAfter
-	}
-	return nil
 }
 
 // start reads message_start's message: its model, and its usage, kept
@@ -376,42 +350,60 @@ func ParseMessage(body []byte, c *chunk.Chunk) error {
 		}
 		c.Usage = mp.usage()
 	}
-	var text, thinking, calls []byte
-	n := 0
+	var w wholeAnswer
 	for _, b := range m.Content {
 		switch b.Type {
 		case "text":
-			text = append(text, b.Text...)
+			w.text = append(w.text, b.Text...)
 		case "thinking":
-			thinking = append(thinking, b.Thinking...)
+			w.reasoning = append(w.reasoning, b.Thinking...)
 		case "tool_use":
-			if n > 0 {
-				calls = append(calls, ',')
-			}
-			args := "{}"
+			args := json.RawMessage(`"{}"`)
 			if isSet(b.Input) {
-				args = string(b.Input)
+				args = mustJSON(string(b.Input))
 			}
-			call := map[string]any{"index": n, "type": "function",
-				"function": map[string]any{"name": orEmpty(b.Name), "arguments": args}}
-			if isSet(b.ID) {
-				call["id"] = b.ID
-			}
-			calls = append(calls, mustJSON(call)...)
-			n++
+			w.call(b.ID, b.Name, args)
 		}
 	}
-	if len(text) > 0 {
-		c.Content = mustJSON(string(text))
-	}
-	if len(thinking) > 0 {
-		c.Reasoning = mustJSON(string(thinking))
-	}
-	if n > 0 {
-		c.ToolCalls = append(append([]byte{'['}, calls...), ']')
-	}
+	w.fill(c)
 	c.FinishReason = stopReason(m.StopReason)
 	return nil
+}
+
+// wholeAnswer gathers what a whole answer (a Response, a Message) holds
+// for the framings other than openai: its text, its reasoning, and its
+// tool calls in the chat shape.
+type wholeAnswer struct {
+	text, reasoning, list []byte
+	calls                 int
+}
+
+// call adds a tool call: its id (absent: none), name and arguments, a
+// JSON string.
+func (w *wholeAnswer) call(id, name, args json.RawMessage) {
+	if w.calls > 0 {
+		w.list = append(w.list, ',')
+	}
+	call := map[string]any{"index": w.calls, "type": "function",
+		"function": map[string]json.RawMessage{"name": orEmpty(name), "arguments": orEmpty(args)}}
+	if isSet(id) {
+		call["id"] = id
+	}
+	w.list = append(w.list, mustJSON(call)...)
+	w.calls++
+}
+
+// fill puts what was gathered into c.
+func (w *wholeAnswer) fill(c *chunk.Chunk) {
+	if len(w.text) > 0 {
+		c.Content = mustJSON(string(w.text))
+	}
+	if len(w.reasoning) > 0 {
+		c.Reasoning = mustJSON(string(w.reasoning))
+	}
+	if w.calls > 0 {
+		c.ToolCalls = append(append([]byte{'['}, w.list...), ']')
+	}
 }
 
 // messageBodyError is the error a whole body is instead of a Message:

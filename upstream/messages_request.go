@@ -45,20 +45,8 @@ func (l *Limits) FromMessagesJSON(body []byte, header http.Header, forceStream b
 		// Anthropic refuses it too, in these words: it need not be asked.
 		return nil, overLimit("max_tokens", "null", "max_tokens: Field required")
 	}
-	changed = changed || l.MaxTokens > 0
-	if s, ok := fields["stream"]; ok && isSet(s) {
-		if json.Unmarshal(s, &req.Stream) != nil {
-			return nil, badRequest("stream must be a boolean")
-		}
-	}
-	if forceStream && !req.Stream {
-		req.Stream = true
-		fields["stream"] = json.RawMessage("true")
-		changed = true
-	}
-	req.Body = body
-	if changed {
-		req.Body = mustJSON(fields)
+	if err := req.setBody(body, fields, forceStream, changed || l.MaxTokens > 0); err != nil {
+		return nil, err
 	}
 	return req, nil
 }

@@ -162,6 +162,28 @@ func (l *Limits) FromJSON(body []byte, forceStream bool, defaultModel string) (*
 	return req, nil
 }
 
+// setBody reads the stream flag of a body forwarded as the client wrote
+// it (a Responses or Messages request), forces it on with forceStream, and
+// sets req.Body: the client's own, or fields written anew when they
+// changed.
+func (req *Request) setBody(body []byte, fields map[string]json.RawMessage, forceStream, changed bool) error {
+	if s, ok := fields["stream"]; ok && isSet(s) {
+		if json.Unmarshal(s, &req.Stream) != nil {
+			return badRequest("stream must be a boolean")
+		}
+	}
+	if forceStream && !req.Stream {
+		req.Stream = true
+		fields["stream"] = json.RawMessage("true")
+		changed = true
+	}
+	req.Body = body
+	if changed {
+		req.Body = mustJSON(fields)
+	}
+	return nil
+}
+
 // bodyFields decodes a client's body, which must be one JSON object.
 func bodyFields(body []byte) (map[string]json.RawMessage, error) {
 	var fields map[string]json.RawMessage
