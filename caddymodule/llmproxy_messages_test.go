@@ -287,6 +287,13 @@ func TestMessagesWhole(t *testing.T) {
 	if typ, _ := anthropicError(t, got); resp.StatusCode != 429 || typ != "rate_limit_error" || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("the budget spent by whole answers: %d %s", resp.StatusCode, got)
 	}
+
+	// A 200 whose body is an error is no answer.
+	bad := newMessagesUpstream(t, 200, `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`)
+	resp, got = postMessages(t, messagesProxy(t, "", bad), "/v1/messages", body)
+	if typ, msg := anthropicError(t, got); resp.StatusCode != 502 || typ != "api_error" || msg != "Overloaded" {
+		t.Errorf("an error body: %d %s", resp.StatusCode, got)
+	}
 }
 
 // TestMessagesBudgetCountsThePrompt: a stream's usage counts against the

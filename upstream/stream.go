@@ -94,7 +94,8 @@ func (s *Stream) readWhole(parent context.Context) error {
 
 // wholeError is the error a whole body is instead of an answer, nil if it
 // is an answer. A Response object is one even when it failed: a client
-// that retrieves a failed response gets it as it is.
+// that retrieves a failed response gets it as it is. A Message is an
+// answer, Anthropic's {"type":"error",...} is not.
 func (s *Stream) wholeError() *chunk.Error {
 	if s.api == Messages {
 		var m struct {
@@ -231,8 +232,8 @@ func (s *Stream) nextResponse(typ, data []byte, c *chunk.Chunk) error {
 	return nil
 }
 
-// DecodeWhole decodes the whole body (Whole) into c: a chat.completion, or
-// a Response.
+// DecodeWhole decodes the whole body (Whole) into c: a chat.completion, a
+// Response, or a Message.
 func (s *Stream) DecodeWhole(c *chunk.Chunk) error {
 	if s.api == Messages {
 		return ParseMessage(s.whole, c)
