@@ -3,6 +3,7 @@ package upstream
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 )
 
 // messagesTokenFields is what a Messages API request bounds its output
@@ -45,10 +46,33 @@ func (l *Limits) FromMessagesJSON(body []byte, header http.Header, forceStream b
 		// Anthropic refuses it too, in these words: it need not be asked.
 		return nil, overLimit("max_tokens", "null", "max_tokens: Field required")
 	}
+	if l.Clamp {
+		clampThinking(fields, req.MaxTokens)
+	}
 	if err := req.setBody(body, fields, forceStream, changed || l.MaxTokens > 0); err != nil {
 		return nil, err
 	}
 	return req, nil
+}
+
+// minThinking is the smallest thinking budget Anthropic takes.
+const minThinking = 1024
+
+// clampThinking lowers the budget of extended thinking below a max_tokens
+// that was clamped, as Anthropic requires it to be (Claude Code asks for
+// a budget of max_tokens-1): the request stays one the upstream takes. A
+// budget that cannot be lowered so far is left for the upstream to refuse.
+func clampThinking(fields map[string]json.RawMessage, maxTokens int) {
+	var thinking map[string]json.RawMessage
+	if json.Unmarshal(fields["thinking"], &thinking) != nil || thinking == nil {
+		return
+	}
+	budget, err := strconv.Atoi(string(thinking["budget_tokens"]))
+	if err != nil || budget < maxTokens || maxTokens-1 < minThinking {
+		return
+	}
+	thinking["budget_tokens"] = json.RawMessage(strconv.Itoa(maxTokens - 1))
+	fields["thinking"] = mustJSON(thinking)
 }
 
 // messagesLimits counts the text of the system prompt and of the messages,
