@@ -256,7 +256,8 @@ func TestMessagesRefusals(t *testing.T) {
 
 // TestMessagesFailover: another upstream answers while nothing of the
 // first one's answer reached the client: in the default framing its
-// message_start is held back until the next event.
+// message_start is held back until the next event, and an overloaded
+// stream fails over as an overloaded status does.
 func TestMessagesFailover(t *testing.T) {
 	broken := newMessagesUpstream(t, 0, messagesEvents[0], "RESET")
 	good := newMessagesUpstream(t, 0, messagesEvents...)
@@ -264,6 +265,19 @@ func TestMessagesFailover(t *testing.T) {
 	if _, body := postMessages(t, srv, "/v1/messages", messagesBody); body != strings.Join(messagesEvents, "") {
 		t.Errorf("did not fail over cleanly: %q", body)
 	}
+	// Anthropic's overloaded_error at the start of a stream fails over as
+	// its 529 would; with no other upstream, the client reads it.
+	overloaded := "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"
+	busy := newMessagesUpstream(t, 0, messagesEvents[0], overloaded)
+	srv = messagesProxy(t, "\tlb_policy first\n", busy, good)
+	if _, body := postMessages(t, srv, "/v1/messages", messagesBody); body != strings.Join(messagesEvents, "") {
+		t.Errorf("an early overloaded_error did not fail over: %q", body)
+	}
+	srv = messagesProxy(t, "", busy)
+	if _, body := postMessages(t, srv, "/v1/messages", messagesBody); body != overloaded {
+		t.Errorf("an early overloaded_error, alone: %q", body)
+	}
+
 	down := newMessagesUpstream(t, 500, `{"type":"error","error":{"type":"api_error","message":"x"}}`)
 	srv = messagesProxy(t, "\tlb_policy first\n", down, good)
 	if _, body := postMessages(t, srv, "/v1/messages?format=ndjson", messagesBody); !strings.Contains(body, `"done":true`) {

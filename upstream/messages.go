@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
@@ -40,6 +41,9 @@ type MessagesParser struct {
 	calls int // tool_use blocks seen: the next one's index in tool_calls
 	// stopped tells that message_stop came: the stream's proper end.
 	stopped bool
+	// shown tells that a chunk with something to show (text, thinking, a
+	// tool call) came: a failure after it is the answer's.
+	shown bool
 }
 
 // messageEvent is the top level of an event.
@@ -89,13 +93,36 @@ func (mp *MessagesParser) Parse(sseType, data []byte, c *chunk.Chunk) error {
 			c.Err = parseError(ev.err)
 		}
 	}
-	if err == nil && mp.startUsage && c.HasDelta() {
-		mp.startUsage = false
-		if c.Usage == nil {
-			c.Usage = mp.usage()
+	if err == nil && c.HasDelta() {
+		mp.shown = true
+		if mp.startUsage {
+			mp.startUsage = false
+			if c.Usage == nil {
+				c.Usage = mp.usage()
+			}
 		}
 	}
 	return err
+}
+
+// unanswered is the error of an error event that came before anything to
+// show, when another upstream may answer instead: Anthropic's
+// overloaded_error (its 529) and api_error (its 500), given those statuses
+// so that MayFailOver sees them as it sees them before the stream. Nil
+// otherwise: the event is relayed as the upstream sent it.
+func (mp *MessagesParser) unanswered(e *chunk.Error) *chunk.Error {
+	if mp.shown {
+		return nil
+	}
+	switch e.Type {
+	case "overloaded_error":
+		e.Status = 529
+	case "api_error":
+		e.Status = http.StatusInternalServerError
+	default:
+		return nil
+	}
+	return e
 }
 
 // start reads message_start's message: its model, and its usage, kept
@@ -421,7 +448,8 @@ func messageBodyError(typ string, errVal json.RawMessage) *chunk.Error {
 
 // nextMessage decodes one event of a Messages stream, which ends with
 // message_stop; an error event is its failure, relayed first as a chunk
-// (see Next).
+// (see Next), but for one that came before anything to show, which may
+// fail over (see unanswered).
 func (s *Stream) nextMessage(typ, data []byte, c *chunk.Chunk) error {
 	if bytes.Equal(data, doneData) {
 		return io.ErrUnexpectedEOF // a chat stream's end is no message's
@@ -432,6 +460,9 @@ func (s *Stream) nextMessage(typ, data []byte, c *chunk.Chunk) error {
 	c.Event = typ
 	switch {
 	case c.Err != nil:
+		if e := s.messages.unanswered(c.Err); e != nil {
+			return e // no event of it goes out: another upstream may answer
+		}
 		s.failed = c.Err
 	case s.messages.stopped:
 		s.finished, s.ended = true, true

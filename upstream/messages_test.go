@@ -234,6 +234,7 @@ func unquoted(t *testing.T, v json.RawMessage) string {
 // error event comes as a chunk first, then as the stream's error.
 func TestMessagesStreamEnds(t *testing.T) {
 	const head = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1}}}\n\n" +
+		"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n" +
 		"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n"
 	for _, tt := range []struct {
 		tail string
@@ -265,6 +266,50 @@ func TestMessagesStreamEnds(t *testing.T) {
 		}
 		if strings.Contains(tt.tail, "error") && events[len(events)-1] != "error" {
 			t.Errorf("the error event was not relayed: %v", events)
+		}
+		s.Close()
+	}
+}
+
+// TestMessagesEarlyError: an overloaded_error or api_error event before
+// anything to show is the stream's error at once, with the status that
+// lets another upstream answer; any other one, or one after content, is
+// relayed first.
+func TestMessagesEarlyError(t *testing.T) {
+	const start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n"
+	const text = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n"
+	errorEvent := func(typ string) string {
+		return "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"" + typ + "\",\"message\":\"m\"}}\n\n"
+	}
+	for _, tt := range []struct {
+		stream   string
+		relayed  bool
+		failOver bool
+	}{
+		{start + errorEvent("overloaded_error"), false, true},
+		{start + errorEvent("api_error"), false, true},
+		{start + errorEvent("invalid_request_error"), true, false},
+		{start + text + errorEvent("overloaded_error"), true, false},
+	} {
+		c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, tt.stream)
+		})
+		req, _ := (*Limits)(nil).FromMessagesJSON([]byte(`{"model":"m","max_tokens":5,"messages":[]}`), nil, true, "")
+		s, err := c.Open(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ch chunk.Chunk
+		relayed := false
+		for err == nil {
+			if err = s.Next(&ch); err == nil && ch.Err != nil {
+				relayed = true
+			}
+		}
+		var e *chunk.Error
+		if !errors.As(err, &e) || e.Message != "m" || relayed != tt.relayed || MayFailOver(err, false) != tt.failOver {
+			t.Errorf("%q: %v (relayed %v, fails over %v)", tt.stream, err, relayed, MayFailOver(err, false))
 		}
 		s.Close()
 	}
