@@ -526,8 +526,11 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 	rc := http.NewResponseController(w)
 	fw := frame.NewWriter(w, rc.Flush, rec.format)
 	fw.IncludeUsage = req.IncludeUsage
-	fw.TypedEvents = req.API == upstream.Responses
+	fw.TypedEvents = req.API == upstream.Responses || req.API == upstream.Messages
 	fw.StreamID = "llmstream"
+	if req.API == upstream.Messages {
+		typedMessages(fw)
+	}
 	rec.fw = fw
 	if rec.streamID != "" {
 		// A resumable stream is written to its log, not to a client:
@@ -548,8 +551,11 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 
 // buildRequest reads the client's request into an upstream request.
 func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream.Request, error) {
-	if kind, path := route(r); kind == endpointResponses {
+	switch kind, path := route(r); kind {
+	case endpointResponses:
 		return h.buildResponsesRequest(r, path, format)
+	case endpointMessages:
+		return h.buildMessagesRequest(r, format)
 	}
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
@@ -652,7 +658,7 @@ func (h *LLMProxy) reject(w http.ResponseWriter, r *http.Request, e *chunk.Error
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(e.Status)
-	_, _ = w.Write(e.MarshalBody())
+	_, _ = w.Write(errorBody(r, e))
 	return nil
 }
 

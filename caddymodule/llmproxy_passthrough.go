@@ -3,12 +3,12 @@ package caddymodule
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -29,8 +29,9 @@ var passPaths = map[string]bool{
 	"moderations":  true,
 	"audio/speech": true, "audio/transcriptions": true, "audio/translations": true,
 	"images/generations": true, "images/edits": true, "images/variations": true,
-	// Anthropic's Messages API, for auth x-api-key upstreams.
-	"messages": true, "messages/count_tokens": true,
+	// Anthropic's token counting, for auth x-api-key upstreams (its
+	// messages are relayed as chat is: llmproxy_messages.go).
+	"messages/count_tokens": true,
 }
 
 // maxHeldBody is the largest request body held in memory, so that another
@@ -255,9 +256,8 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 // broke, in the API's own form: Anthropic's `event: error` for messages,
 // OpenAI's `data: {"error":...}` for the others.
 func passErrorEvent(api string, e *chunk.Error) []byte {
-	if api == "messages" {
-		b, _ := json.Marshal(map[string]any{"type": "error", "error": map[string]string{"type": "api_error", "message": e.Message}})
-		return append(append([]byte("event: error\ndata: "), b...), "\n\n"...)
+	if strings.HasPrefix(api, "messages") {
+		return append(append([]byte("event: error\ndata: "), messagesErrorBody(e)...), "\n\n"...)
 	}
 	return append(append([]byte("data: "), e.MarshalBody()...), "\n\n"...)
 }

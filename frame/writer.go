@@ -69,8 +69,12 @@ type Writer struct {
 	// events, so Fail after one adds nothing, and a failure of the proxy's
 	// is an error event in the Responses shape.
 	TypedEvents bool
-	events      int64 // relayed: the next sequence_number
-	relayedErr  bool  // the upstream's own failure event went out
+	// ErrorEvent, with TypedEvents, appends the data of the error event
+	// that tells a failure of the proxy's own, given the events relayed
+	// before it; nil: the Responses API's (see appendErrorEvent).
+	ErrorEvent func(b []byte, e *chunk.Error, relayed int64) []byte
+	events     int64 // relayed: the next sequence_number
+	relayedErr bool  // the upstream's own failure event went out
 
 	// WriteTimeout bounds how long one write may block on a client that
 	// stopped reading; SetDeadline applies it (http.ResponseController's
@@ -293,7 +297,11 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	switch {
 	case fw.f == OpenAI && fw.TypedEvents:
 		b = append(b, "event: error\ndata: "...)
-		b = appendErrorEvent(b, e, fw.events)
+		if fw.ErrorEvent != nil {
+			b = fw.ErrorEvent(b, e, fw.events)
+		} else {
+			b = appendErrorEvent(b, e, fw.events)
+		}
 		b = append(b, "\n\n"...)
 	case fw.f == OpenAI:
 		b, _ = fw.appendData(b, e.MarshalBody()) // json.Marshal's output is compact
