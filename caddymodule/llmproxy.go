@@ -363,7 +363,8 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
 			Message: refused.Message, RetryAfter: refused.RetryAfter})
 	}
-	rec := &record{start: start, format: format, model: req.Model, span: recordingSpan(r)}
+	_, api := route(r)
+	rec := &record{start: start, api: api, format: format, model: req.Model, span: recordingSpan(r)}
 	run := func(w http.ResponseWriter, r *http.Request) error {
 		defer release()
 		defer tab.Settle()

@@ -8,6 +8,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // messagesEvents is a Messages stream with thinking, text, a tool call and
@@ -336,5 +340,27 @@ func TestMessagesFromPrompt(t *testing.T) {
 	}
 	if got := up.last.Load().(string); !strings.HasSuffix(got, ` {"max_tokens":4096,"messages":[{"content":"hi","role":"user"}],"model":"claude-d","stream":true}`) {
 		t.Errorf("upstream asked %s", got)
+	}
+}
+
+// TestMessagesLogLine: the log line and the span name the API a stream was
+// for, not the chat path every stream once was.
+func TestMessagesLogLine(t *testing.T) {
+	up := newMessagesUpstream(t, 0, messagesEvents...)
+	h := provisionProxy(t, "llm_proxy {\n\tapi_key sk-server\n\tauth x-api-key\n\tto "+up.URL+"/v1\n}")
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	srv := serveProxy(t, h)
+	if resp, body := postMessages(t, srv, "/v1/messages", messagesBody); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	line := logs.FilterMessage("stream finished").All()
+	if len(line) != 1 || line[0].ContextMap()["api"] != "messages" {
+		t.Fatalf("log lines %v", line)
+	}
+	for api, op := range map[string]string{"messages": "chat", "chat/completions": "chat", "responses": "chat", "responses/resp_1": "chat", "embeddings": "embeddings"} {
+		if got := genAIOperation(api); got != op {
+			t.Errorf("genAIOperation(%q) = %q, want %q", api, got, op)
+		}
 	}
 }

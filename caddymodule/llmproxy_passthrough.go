@@ -95,12 +95,12 @@ func (h *LLMProxy) checkPassModel(req *upstream.PassRequest) error {
 // genAIOperation is the GenAI semantic conventions' operation name for
 // the API path of a request ("" for chat completions).
 func genAIOperation(api string) string {
-	switch api {
-	case "", "messages":
+	switch first, _, _ := strings.Cut(api, "/"); {
+	case api == "" || api == "chat/completions" || api == "messages" || first == "responses":
 		return "chat"
-	case "completions":
+	case api == "completions":
 		return "text_completion"
-	case "embeddings":
+	case api == "embeddings":
 		return "embeddings"
 	}
 	return api
