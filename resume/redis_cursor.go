@@ -33,10 +33,12 @@ type redisCursor struct {
 var _ Cursor = (*redisCursor)(nil)
 
 func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Cursor, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	vals, err := r.c.HMGet(ctx, r.metaKey(id), "owner", "format", "model", "first", "last", "state").Result()
-	if r.note(err) != nil {
+	var vals []any
+	err := r.call(ctx, func(ctx context.Context) (err error) {
+		vals, err = r.c.HMGet(ctx, r.metaKey(id), "owner", "format", "model", "first", "last", "state").Result()
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("resume: reading stream from redis: %w", err)
 	}
 	str := func(i int) string { s, _ := vals[i].(string); return s }
@@ -67,45 +69,41 @@ func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Curs
 	}
 	// A live stream's producer must see this cursor as attached.
 	c.member = NewID()
-	if err := r.note(c.claim(ctx)); err != nil {
+	if err := c.claim(); err != nil {
 		return nil, fmt.Errorf("resume: attaching to stream in redis: %w", err)
 	}
-	r.wg.Add(1)
-	go c.renew()
+	if !r.spawn(c.renew) {
+		return nil, ErrClosed
+	}
 	return c, nil
 }
 
 // claim says in Redis, for Grace, that this cursor is attached.
-func (c *redisCursor) claim(ctx context.Context) error {
+func (c *redisCursor) claim() error {
 	key, grace := c.r.attachedKey(c.meta.ID), c.r.opts.Grace
-	_, err := c.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	return c.r.pipelined(func(ctx context.Context, p redis.Pipeliner) {
 		p.ZAdd(ctx, key, redis.Z{Score: float64(nowMS() + ms(grace)), Member: c.member})
 		p.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(nowMS(), 10))
 		p.PExpire(ctx, key, 2*grace)
-		return nil
 	})
-	return err
 }
 
 // renew renews the claim every Grace/3 until Close, then withdraws it.
 func (c *redisCursor) renew() {
-	defer c.r.wg.Done()
 	defer close(c.done)
 	t := time.NewTicker(c.r.opts.Grace / 3)
 	defer t.Stop()
 	for {
 		select {
 		case <-c.stop:
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			c.r.note(c.r.c.ZRem(ctx, c.r.attachedKey(c.meta.ID), c.member).Err())
-			cancel()
+			_ = c.r.call(context.Background(), func(ctx context.Context) error {
+				return c.r.c.ZRem(ctx, c.r.attachedKey(c.meta.ID), c.member).Err()
+			})
 			return
 		case <-c.r.closing:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			c.r.note(c.claim(ctx))
-			cancel()
+			_ = c.claim()
 		}
 	}
 }
