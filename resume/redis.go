@@ -48,10 +48,10 @@ type redisStore struct {
 
 	failing   atomic.Bool  // Redis failed last time; logged once per outage
 	nextProbe atomic.Int64 // while failing, when (UnixNano) to ask Redis again
-	mu      sync.Mutex // held to start a goroutine, or to close
-	closing chan struct{}
-	wg      sync.WaitGroup
-	pubsub  *redis.PubSub
+	mu        sync.Mutex   // held to start a goroutine, or to close
+	closing   chan struct{}
+	wg        sync.WaitGroup
+	pubsub    *redis.PubSub
 }
 
 // NewRedis returns a Store whose streams live in Redis under prefix, shared
