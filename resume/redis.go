@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Timings of the Redis store. Variables so that tests can shorten them.
+// Timings of the Redis store.
 var (
 	// opTimeout bounds every call to Redis but a cursor's blocking read:
 	// Create must fail fast when Redis is down, the stream then simply not
