@@ -56,6 +56,8 @@ var conformance = []struct {
 	{"NextHonoursCtx", testNextHonoursCtx},
 	{"Concurrent", testConcurrent},
 	{"AppendAfterEnd", testAppendAfterEnd},
+	{"AfterPastTheEnd", testAfterPastTheEnd},
+	{"CloseEndsCursors", testCloseEndsCursors},
 }
 
 const wait = 2 * time.Second // a generous bound on anything that should be prompt
@@ -462,5 +464,59 @@ func testAppendAfterEnd(t *testing.T, open opener) {
 	}
 	if err := l.End(Failed); !errors.Is(err, ErrEnded) {
 		t.Errorf("End after End: %v, want ErrEnded", err)
+	}
+}
+
+// A cursor that asked for more than a live stream had waits for the events
+// after it, or for the end.
+func testAfterPastTheEnd(t *testing.T, open opener) {
+	a, b := open(t, Options{})
+	for _, s := range []Store{a, b} {
+		l, m := create(t, a)
+		appendN(t, l, 1, 2)
+		c := read(t, s, m.ID, 4)
+		if c.Backlog() != 0 {
+			t.Errorf("Backlog = %d, want 0", c.Backlog())
+		}
+		appendN(t, l, 3, 5)
+		if ev, n, err := c.Next(ctxFor(t, wait)); err != nil || n != 5 || string(ev) != string(event(5)) {
+			t.Fatalf("Next = %d %q %v, want event 5", n, ev, err)
+		}
+		c = read(t, s, m.ID, 9)
+		_ = l.End(Failed)
+		if _, _, err := c.Next(ctxFor(t, 3*time.Second)); err != io.EOF || c.State() != Failed {
+			t.Fatalf("Next past the end = %v in %v, want io.EOF in Failed", err, c.State())
+		}
+	}
+}
+
+// Closing a store ends the cursors that wait on it.
+func testCloseEndsCursors(t *testing.T, open opener) {
+	a, b := open(t, Options{})
+	l, m := create(t, a)
+	defer l.End(Done)
+	errs := make(chan error, 2)
+	for _, s := range []Store{b, a} { // b first: for the memory store they are one
+		c := read(t, s, m.ID, 0)
+		go func() {
+			_, _, err := c.Next(context.Background())
+			errs <- err
+		}()
+		time.Sleep(20 * time.Millisecond) // let it wait
+		_ = s.Close()
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("Next when the store closed: %v, want ErrClosed", err)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("Next still waits after the store closed")
+		}
+		if _, err := s.Create(ctxFor(t, wait), testMeta()); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Create after Close: %v, want ErrClosed", err)
+		}
+		if a == b {
+			break
+		}
 	}
 }

@@ -120,9 +120,6 @@ func (c *redisCursor) Close() {
 // Next returns the next event from its buffer, or reads more.
 func (c *redisCursor) Next(ctx context.Context) ([]byte, int, error) {
 	for {
-		if c.r.closed() {
-			return nil, 0, ErrClosed
-		}
 		for len(c.buf) > 0 {
 			m := c.buf[0]
 			c.buf = c.buf[1:]
@@ -160,6 +157,9 @@ func (c *redisCursor) read(ctx context.Context) error {
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if c.r.closed() {
+			return ErrClosed
 		}
 		block := readBlock
 		if dl, ok := ctx.Deadline(); ok {

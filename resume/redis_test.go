@@ -193,3 +193,24 @@ func TestRedisKeysExpire(t *testing.T) {
 		t.Fatalf("streams counted: %d, %v; want 1", n, err)
 	}
 }
+
+// A producer that missed the cancel message and has nothing to append
+// finds the cancel when it renews its keys.
+func TestRedisCancelMissedIdle(t *testing.T) {
+	srv := redistest.Start(t)
+	saved := liveRefresh
+	liveRefresh = 50 * time.Millisecond
+	t.Cleanup(func() { liveRefresh = saved }) // after the store's Close
+	s, _ := newTestRedis(t, srv, "idle:", Options{})
+	l, m := create(t, s)
+	c := read(t, s, m.ID, 0)
+	defer c.Close()
+	rc := newTestClient(t, srv)
+	if err := rc.HSet(context.Background(), "idle:"+m.ID+":meta", "cancelled", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !closedWithin(l.Abandoned(), wait) || !errors.Is(l.Cause(), ErrCancelled) {
+		t.Fatalf("the renewal did not see the cancel: %v", l.Cause())
+	}
+	_ = l.End(Cancelled)
+}
