@@ -184,8 +184,8 @@ func (c *redisCursor) read(ctx context.Context) error {
 			if err := c.check(ctx); err != nil {
 				return err
 			}
-		case ctx.Err() != nil:
-			return ctx.Err()
+		case ctxEnded(ctx) != nil:
+			return ctxEnded(ctx)
 		default:
 			return fmt.Errorf("resume: following stream in redis: %w", c.r.note(err))
 		}
@@ -198,8 +198,8 @@ func (c *redisCursor) read(ctx context.Context) error {
 func (c *redisCursor) check(ctx context.Context) error {
 	vals, err := c.r.c.HMGet(ctx, c.r.metaKey(c.meta.ID), "state", "last").Result()
 	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
+	case ctxEnded(ctx) != nil:
+		return ctxEnded(ctx)
 	case err != nil:
 		return fmt.Errorf("resume: following stream in redis: %w", c.r.note(err))
 	}
@@ -212,6 +212,19 @@ func (c *redisCursor) check(ctx context.Context) error {
 	if n, _ := strconv.Atoi(last); st != Live && c.next > n+1 {
 		c.state = st
 		return io.EOF
+	}
+	return nil
+}
+
+// ctxEnded is ctx's error, or DeadlineExceeded once its deadline is past:
+// the connection's deadline, which is ctx's, may fail a call a moment
+// before ctx's own timer fires.
+func ctxEnded(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
 	}
 	return nil
 }

@@ -20,8 +20,16 @@ func redisOpener(t *testing.T) opener {
 	srv := redistest.Start(t)
 	return func(t *testing.T, opts Options) (Store, Store) {
 		prefix := "t" + NewID() + ":"
-		a, _ := newTestRedis(t, srv, prefix, opts)
-		b, _ := newTestRedis(t, srv, prefix, opts)
+		// Registered before the stores, this runs after their Close:
+		// nothing logs any more. A store of the suite logs only an outage.
+		lg := &logs{}
+		t.Cleanup(func() {
+			for _, line := range lg.lines {
+				t.Errorf("logged: %s", line)
+			}
+		})
+		a := openTestRedis(t, srv, prefix, opts, lg)
+		b := openTestRedis(t, srv, prefix, opts, lg)
 		return a, b
 	}
 }
@@ -65,9 +73,14 @@ func newTestClient(t *testing.T, srv *redistest.Server) *redis.Client {
 func newTestRedis(t *testing.T, srv *redistest.Server, prefix string, opts Options) (Store, *logs) {
 	t.Helper()
 	lg := &logs{}
+	return openTestRedis(t, srv, prefix, opts, lg), lg
+}
+
+func openTestRedis(t *testing.T, srv *redistest.Server, prefix string, opts Options, lg *logs) Store {
+	t.Helper()
 	s := NewRedis(newTestClient(t, srv), prefix, opts, lg.logf)
 	t.Cleanup(func() { _ = s.Close() }) // before the client's Close: cleanups run last first
-	return s, lg
+	return s
 }
 
 // With Redis down, Create fails at once and the outage is logged once;
