@@ -56,10 +56,10 @@ type redisStore struct {
 
 // NewRedis returns a Store whose streams live in Redis under prefix, shared
 // by every instance with the same prefix. MaxStreams bounds the streams of
-// all instances. The client stays the caller's: Close stops the store's
-// goroutines and its subscription but does not close the client. Give the
-// client ContextTimeoutEnabled, so that a hung Redis fails Create within
-// its timeout too, not only one that is down. logf, if not nil, gets one
+// all instances. The store owns client: Close stops the store's goroutines
+// and closes it. Give the client ContextTimeoutEnabled, so that a hung
+// Redis fails Create within its timeout (a second) too, not only one that
+// is down; without it go-redis bounds each read by its ReadTimeout only. logf, if not nil, gets one
 // warning when Redis starts failing and one line when it answers again.
 func NewRedis(client *redis.Client, prefix string, opts Options, logf func(string, ...any)) Store {
 	if logf == nil {
@@ -104,8 +104,8 @@ func (r *redisStore) note(err error) error {
 		if r.failing.CompareAndSwap(true, false) {
 			r.logf("resume: redis store answers again")
 		}
-	case errors.Is(err, context.Canceled):
-		// The caller left; that says nothing of Redis.
+	case errors.Is(err, context.Canceled), errors.Is(err, redis.ErrClosed):
+		// The caller left, or the store closed: that says nothing of Redis.
 	default:
 		r.nextProbe.Store(time.Now().Add(probeEvery).UnixNano())
 		if r.failing.CompareAndSwap(false, true) {
@@ -233,6 +233,14 @@ func (r *redisStore) Read(ctx context.Context, id string, after int) (Cursor, er
 	return r.openRemote(ctx, id, max(after, 0))
 }
 
+func (r *redisStore) Meta(ctx context.Context, id string) (Meta, error) {
+	if s := r.mem.lookup(id); s != nil {
+		return s.meta, nil
+	}
+	rm, err := r.lookup(ctx, id)
+	return rm.meta, err
+}
+
 // cancelScript marks a live stream cancelled, for a producer that missed
 // the message it publishes. It returns 0 when there is no such stream.
 var cancelScript = redis.NewScript(`
@@ -299,7 +307,8 @@ func (r *redisStore) Close() error {
 	r.mu.Unlock()
 	_ = r.pubsub.Close()
 	r.wg.Wait()
-	return r.mem.Close()
+	_ = r.mem.Close()
+	return r.c.Close()
 }
 
 // redisLog writes a stream both here (its memStream: local cursors, grace,

@@ -32,22 +32,40 @@ type redisCursor struct {
 
 var _ Cursor = (*redisCursor)(nil)
 
-func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Cursor, error) {
+// remote is what a stream's meta hash says.
+type remote struct {
+	meta        Meta
+	first, last int
+	state       State
+}
+
+// lookup reads stream id's meta hash: ErrNotFound when it expired (or is
+// not a stream of ours).
+func (r *redisStore) lookup(ctx context.Context, id string) (remote, error) {
 	var vals []any
 	err := r.call(ctx, func(ctx context.Context) (err error) {
 		vals, err = r.c.HMGet(ctx, r.metaKey(id), "owner", "format", "model", "first", "last", "state").Result()
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("resume: reading stream from redis: %w", err)
+		return remote{}, fmt.Errorf("resume: reading stream from redis: %w", err)
 	}
 	str := func(i int) string { s, _ := vals[i].(string); return s }
 	state, ok := parseState(str(5))
 	if !ok {
-		return nil, ErrNotFound // expired (or not a stream of ours)
+		return remote{}, ErrNotFound
 	}
 	first, _ := strconv.Atoi(str(3))
 	last, _ := strconv.Atoi(str(4))
+	return remote{Meta{ID: id, Owner: str(0), Format: str(1), Model: str(2)}, first, last, state}, nil
+}
+
+func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Cursor, error) {
+	rm, err := r.lookup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	first, last, state := rm.first, rm.last, rm.state
 	if after < first-1 {
 		return nil, ErrDropped
 	}
@@ -57,7 +75,7 @@ func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Curs
 	}
 	c := &redisCursor{
 		r:       r,
-		meta:    Meta{ID: id, Owner: str(0), Format: str(1), Model: str(2)},
+		meta:    rm.meta,
 		next:    after + 1,
 		backlog: max(last-after, 0),
 		stop:    make(chan struct{}),
@@ -186,6 +204,8 @@ func (c *redisCursor) read(ctx context.Context) error {
 			}
 		case ctxEnded(ctx) != nil:
 			return ctxEnded(ctx)
+		case c.r.closed():
+			return ErrClosed
 		default:
 			return fmt.Errorf("resume: following stream in redis: %w", c.r.note(err))
 		}
@@ -200,6 +220,8 @@ func (c *redisCursor) check(ctx context.Context) error {
 	switch {
 	case ctxEnded(ctx) != nil:
 		return ctxEnded(ctx)
+	case c.r.closed():
+		return ErrClosed
 	case err != nil:
 		return fmt.Errorf("resume: following stream in redis: %w", c.r.note(err))
 	}

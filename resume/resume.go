@@ -86,6 +86,10 @@ type Store interface {
 	// stream that ended gives a cursor at its end (io.EOF at once); of a
 	// live one, a cursor that waits for event after+1.
 	Read(ctx context.Context, id string, after int) (Cursor, error)
+	// Meta is stream id's, without attaching to it: for the owner check
+	// of a request that needs no events (a cancel), or of one that Read
+	// refuses (ErrDropped). ErrNotFound if there is no such stream.
+	Meta(ctx context.Context, id string) (Meta, error)
 	// Cancel cancels a live stream wherever it runs: its Log's Abandoned
 	// fires with ErrCancelled. ErrNotFound if there is no such stream; nil,
 	// doing nothing, if it has ended.
