@@ -147,6 +147,20 @@ func (r *redisStore) pipelined(f func(context.Context, redis.Pipeliner)) error {
 	})
 }
 
+// validID tells an ID NewID could have made from one that is not worth
+// asking Redis about: what clients send goes into key names.
+func validID(id string) bool {
+	if len(id) != 22 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 func ms(d time.Duration) int64 { return d.Milliseconds() }
 
 func nowMS() int64 { return time.Now().UnixMilli() }
@@ -230,12 +244,18 @@ func (r *redisStore) Read(ctx context.Context, id string, after int) (Cursor, er
 	if s := r.mem.lookup(id); s != nil {
 		return s.open(after)
 	}
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
 	return r.openRemote(ctx, id, max(after, 0))
 }
 
 func (r *redisStore) Meta(ctx context.Context, id string) (Meta, error) {
 	if s := r.mem.lookup(id); s != nil {
 		return s.meta, nil
+	}
+	if !validID(id) {
+		return Meta{}, ErrNotFound
 	}
 	rm, err := r.lookup(ctx, id)
 	return rm.meta, err
@@ -256,6 +276,9 @@ func (r *redisStore) Cancel(ctx context.Context, id string) error {
 	if s := r.mem.lookup(id); s != nil {
 		s.cancel()
 		return nil
+	}
+	if !validID(id) {
+		return ErrNotFound
 	}
 	var found int
 	err := r.call(ctx, func(ctx context.Context) (err error) {

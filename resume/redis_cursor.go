@@ -109,7 +109,7 @@ func (c *redisCursor) claim() error {
 // renew renews the claim every Grace/3 until Close, then withdraws it.
 func (c *redisCursor) renew() {
 	defer close(c.done)
-	t := time.NewTicker(c.r.opts.Grace / 3)
+	t := time.NewTicker(max(c.r.opts.Grace/3, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {

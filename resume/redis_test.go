@@ -141,25 +141,6 @@ func TestRedisDownMidStream(t *testing.T) {
 	}
 }
 
-// A producer that missed the cancel message finds the cancel at its next
-// Append.
-func TestRedisCancelMissed(t *testing.T) {
-	srv := redistest.Start(t)
-	s, _ := newTestRedis(t, srv, "missed:", Options{})
-	l, m := create(t, s)
-	c := read(t, s, m.ID, 0)
-	defer c.Close()
-	rc := newTestClient(t, srv)
-	if err := rc.HSet(context.Background(), "missed:"+m.ID+":meta", "cancelled", "1").Err(); err != nil {
-		t.Fatal(err)
-	}
-	appendN(t, l, 1, 1)
-	if !closedWithin(l.Abandoned(), wait) || !errors.Is(l.Cause(), ErrCancelled) {
-		t.Fatalf("Append did not see the cancel: %v", l.Cause())
-	}
-	_ = l.End(Cancelled)
-}
-
 // A cursor elsewhere whose stream's keys vanish (its producer died and
 // they expired) ends with ErrNotFound instead of waiting for ever.
 func TestRedisProducerGone(t *testing.T) {
@@ -207,23 +188,44 @@ func TestRedisKeysExpire(t *testing.T) {
 	}
 }
 
-// A producer that missed the cancel message and has nothing to append
-// finds the cancel when it renews its keys.
-func TestRedisCancelMissedIdle(t *testing.T) {
+// A producer that missed the cancel message finds the cancel in the meta
+// hash: at its next Append, or when it renews its keys with nothing to
+// append.
+func TestRedisCancelMissed(t *testing.T) {
 	srv := redistest.Start(t)
 	saved := liveRefresh
-	liveRefresh = 50 * time.Millisecond
-	t.Cleanup(func() { liveRefresh = saved }) // after the store's Close
-	s, _ := newTestRedis(t, srv, "idle:", Options{})
-	l, m := create(t, s)
-	c := read(t, s, m.ID, 0)
-	defer c.Close()
-	rc := newTestClient(t, srv)
-	if err := rc.HSet(context.Background(), "idle:"+m.ID+":meta", "cancelled", "1").Err(); err != nil {
-		t.Fatal(err)
+	t.Cleanup(func() { liveRefresh = saved })
+	for _, idle := range []bool{false, true} {
+		t.Run(fmt.Sprintf("idle=%v", idle), func(t *testing.T) {
+			if idle { // before the store starts, which reads it
+				liveRefresh = 50 * time.Millisecond
+			}
+			s, _ := newTestRedis(t, srv, "missed:", Options{})
+			l, m := create(t, s)
+			c := read(t, s, m.ID, 0)
+			rc := newTestClient(t, srv)
+			if err := rc.HSet(context.Background(), "missed:"+m.ID+":meta", "cancelled", "1").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if !idle {
+				appendN(t, l, 1, 1)
+			}
+			if !closedWithin(l.Abandoned(), wait) || !errors.Is(l.Cause(), ErrCancelled) {
+				t.Fatalf("the cancel was not found: %v", l.Cause())
+			}
+			_ = l.End(Cancelled)
+			c.Close()
+		})
 	}
-	if !closedWithin(l.Abandoned(), wait) || !errors.Is(l.Cause(), ErrCancelled) {
-		t.Fatalf("the renewal did not see the cancel: %v", l.Cause())
+}
+
+func TestValidID(t *testing.T) {
+	if id := NewID(); !validID(id) {
+		t.Errorf("validID(%q) = false for NewID's", id)
 	}
-	_ = l.End(Cancelled)
+	for _, id := range []string{"", "short", "AAAAAAAAAAAAAAAAAAAA:meta", "AAAAAAAAAAAAAAAAAAAA*A", NewID() + "A"} {
+		if validID(id) {
+			t.Errorf("validID(%q) = true", id)
+		}
+	}
 }
