@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -227,5 +228,28 @@ func TestValidID(t *testing.T) {
 		if validID(id) {
 			t.Errorf("validID(%q) = true", id)
 		}
+	}
+}
+
+// A hung Redis (it takes connections but answers nothing) fails Create
+// within its timeout too, given a client with ContextTimeoutEnabled.
+func TestRedisHung(t *testing.T) {
+	srv := redistest.Start(t)
+	s, lg := newTestRedis(t, srv, "hung:", Options{})
+	l, _ := create(t, s) // a pooled connection to hang on
+	_ = l.End(Done)
+	srv.Signal(syscall.SIGSTOP)
+	start := time.Now()
+	_, err := s.Create(context.Background(), testMeta())
+	d := time.Since(start)
+	srv.Signal(syscall.SIGCONT)
+	if err == nil {
+		t.Fatal("Create succeeded with Redis hung")
+	}
+	if d > 2*opTimeout {
+		t.Fatalf("Create took %v to fail", d)
+	}
+	if n := lg.count("failing"); n != 1 {
+		t.Fatalf("%d warnings, want 1: %q", n, lg.lines)
 	}
 }
