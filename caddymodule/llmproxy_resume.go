@@ -104,6 +104,7 @@ func (rc *ResumeConfig) provision(ctx caddy.Context, log *zap.Logger) error {
 		if err != nil {
 			return nil, fmt.Errorf("resume: bad redis URL: %w", err)
 		}
+		o.ContextTimeoutEnabled = true // the store's deadlines bound a hung Redis too
 		logf := func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) }
 		return pooledStore{resume.NewRedis(redis.NewClient(o), "llmstream:resume:", opts, logf)}, nil
 	})

@@ -286,18 +286,14 @@ func (h *LLMProxy) pump(w http.ResponseWriter, r *http.Request, f frame.Format, 
 func (h *LLMProxy) serveCancel(w http.ResponseWriter, r *http.Request) error {
 	id := r.Header.Get(streamIDHeader)
 	store := h.Resume.store
-	cur, err := store.Read(r.Context(), id, 0)
-	if id == "" || err != nil && !errors.Is(err, resume.ErrDropped) {
+	meta, err := store.Meta(r.Context(), id)
+	if id == "" || err != nil {
 		return h.reject(w, r, &chunk.Error{Status: http.StatusNotFound, Type: chunk.TypeInvalidRequest,
 			Code: quoted("stream_not_found"), Message: "no such stream to cancel; send its ID in " + streamIDHeader})
 	}
-	if cur != nil {
-		owner := cur.Meta().Owner
-		cur.Close()
-		if !h.Resume.AnyoneWithID && owner != h.streamOwner(r) {
-			return h.reject(w, r, &chunk.Error{Status: http.StatusForbidden, Type: chunk.TypeInvalidRequest,
-				Code: quoted("stream_forbidden"), Message: "this stream belongs to another client"})
-		}
+	if !h.Resume.AnyoneWithID && meta.Owner != h.streamOwner(r) {
+		return h.reject(w, r, &chunk.Error{Status: http.StatusForbidden, Type: chunk.TypeInvalidRequest,
+			Code: quoted("stream_forbidden"), Message: "this stream belongs to another client"})
 	}
 	if err := store.Cancel(r.Context(), id); err != nil && !errors.Is(err, resume.ErrNotFound) {
 		return h.reject(w, r, &chunk.Error{Status: http.StatusServiceUnavailable, Type: chunk.TypeServer,

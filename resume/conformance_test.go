@@ -56,6 +56,8 @@ var conformance = []struct {
 	{"NextHonoursCtx", testNextHonoursCtx},
 	{"Concurrent", testConcurrent},
 	{"AppendAfterEnd", testAppendAfterEnd},
+	{"AfterPastTheEnd", testAfterPastTheEnd},
+	{"CloseEndsCursors", testCloseEndsCursors},
 }
 
 const wait = 2 * time.Second // a generous bound on anything that should be prompt
@@ -131,6 +133,9 @@ func testOrderFromAnyAfter(t *testing.T, open opener) {
 		t.Fatal(err)
 	}
 	for _, s := range []Store{a, b} {
+		if got, err := s.Meta(ctxFor(t, wait), m.ID); err != nil || got != m {
+			t.Fatalf("Meta = %+v, %v; want %+v", got, err, m)
+		}
 		for after := 0; after <= 7; after++ {
 			c := read(t, s, m.ID, after)
 			if got := c.Meta(); got != m {
@@ -204,6 +209,9 @@ func testUnknown(t *testing.T, open opener) {
 		if err := s.Cancel(ctxFor(t, wait), NewID()); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Cancel of an unknown stream: %v, want ErrNotFound", err)
 		}
+		if _, err := s.Meta(ctxFor(t, wait), NewID()); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Meta of an unknown stream: %v, want ErrNotFound", err)
+		}
 	}
 }
 
@@ -246,6 +254,10 @@ func testMaxBytes(t *testing.T, open opener) {
 	l, m := create(t, a)
 	appendN(t, l, 10, 19) // events 1..10 of eventSize bytes, numbered by appendN's n
 	for _, s := range []Store{a, b} {
+		// Its meta is there for the owner check of a refused resume.
+		if got, err := s.Meta(ctxFor(t, wait), m.ID); err != nil || got != m {
+			t.Fatalf("Meta = %+v, %v; want %+v", got, err, m)
+		}
 		for _, after := range []int{0, 1, 6} {
 			if c, err := s.Read(ctxFor(t, wait), m.ID, after); !errors.Is(err, ErrDropped) {
 				if err == nil {
@@ -313,7 +325,9 @@ func testMaxStreams(t *testing.T, open opener) {
 	_ = l.End(Done)
 }
 
-const grace = 200 * time.Millisecond
+// grace is short, but long enough for a loaded machine to open the first
+// cursor after Create, and to renew a claim, in time.
+const grace = 500 * time.Millisecond
 
 func closedWithin(ch <-chan struct{}, d time.Duration) bool {
 	select {
@@ -347,7 +361,7 @@ func testGraceAttached(t *testing.T, open opener) {
 	for _, s := range []Store{a, b} {
 		l, m := create(t, a)
 		c := read(t, s, m.ID, 0)
-		if closedWithin(l.Abandoned(), 4*grace) {
+		if closedWithin(l.Abandoned(), 3*grace) {
 			t.Fatalf("abandoned with a cursor attached: %v", l.Cause())
 		}
 		if !l.Attached() {
@@ -462,5 +476,59 @@ func testAppendAfterEnd(t *testing.T, open opener) {
 	}
 	if err := l.End(Failed); !errors.Is(err, ErrEnded) {
 		t.Errorf("End after End: %v, want ErrEnded", err)
+	}
+}
+
+// A cursor that asked for more than a live stream had waits for the events
+// after it, or for the end.
+func testAfterPastTheEnd(t *testing.T, open opener) {
+	a, b := open(t, Options{})
+	for _, s := range []Store{a, b} {
+		l, m := create(t, a)
+		appendN(t, l, 1, 2)
+		c := read(t, s, m.ID, 4)
+		if c.Backlog() != 0 {
+			t.Errorf("Backlog = %d, want 0", c.Backlog())
+		}
+		appendN(t, l, 3, 5)
+		if ev, n, err := c.Next(ctxFor(t, wait)); err != nil || n != 5 || string(ev) != string(event(5)) {
+			t.Fatalf("Next = %d %q %v, want event 5", n, ev, err)
+		}
+		c = read(t, s, m.ID, 9)
+		_ = l.End(Failed)
+		if _, _, err := c.Next(ctxFor(t, 3*time.Second)); err != io.EOF || c.State() != Failed {
+			t.Fatalf("Next past the end = %v in %v, want io.EOF in Failed", err, c.State())
+		}
+	}
+}
+
+// Closing a store ends the cursors that wait on it.
+func testCloseEndsCursors(t *testing.T, open opener) {
+	a, b := open(t, Options{})
+	l, m := create(t, a)
+	defer l.End(Done)
+	errs := make(chan error, 2)
+	for _, s := range []Store{b, a} { // b first: for the memory store they are one
+		c := read(t, s, m.ID, 0)
+		go func() {
+			_, _, err := c.Next(context.Background())
+			errs <- err
+		}()
+		time.Sleep(20 * time.Millisecond) // let it wait
+		_ = s.Close()
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("Next when the store closed: %v, want ErrClosed", err)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("Next still waits after the store closed")
+		}
+		if _, err := s.Create(ctxFor(t, wait), testMeta()); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Create after Close: %v, want ErrClosed", err)
+		}
+		if a == b {
+			break
+		}
 	}
 }

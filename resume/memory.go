@@ -79,6 +79,14 @@ func (m *memStore) Read(_ context.Context, id string, after int) (Cursor, error)
 	return s.open(after)
 }
 
+func (m *memStore) Meta(_ context.Context, id string) (Meta, error) {
+	s := m.lookup(id)
+	if s == nil {
+		return Meta{}, ErrNotFound
+	}
+	return s.meta, nil
+}
+
 func (m *memStore) Cancel(_ context.Context, id string) error {
 	s := m.lookup(id)
 	if s == nil {

@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Timings of the Redis store. Variables so that tests can shorten them.
+// Timings of the Redis store.
 var (
 	// opTimeout bounds every call to Redis but a cursor's blocking read:
 	// Create must fail fast when Redis is down, the stream then simply not
@@ -27,7 +27,13 @@ var (
 	// readBlock bounds a cursor's XREAD BLOCK, so that Next notices the end
 	// of its ctx, or of the stream's keys, at least that often.
 	readBlock = time.Second
+	// probeEvery is how often, while Redis fails, one call is let through
+	// to see whether it is back; the others fail at once with errDown.
+	probeEvery = time.Second
 )
+
+// errDown fails a call without asking Redis, which failed lately.
+var errDown = errors.New("redis failed lately, not asked")
 
 // redisStore shares streams across instances through Redis. The streams
 // whose upstream runs here are also kept in mem, so that their own
@@ -40,19 +46,20 @@ type redisStore struct {
 	logf   func(string, ...any)
 	mem    *memStore
 
-	failing atomic.Bool // Redis failed last time; logged once per outage
-	closing chan struct{}
-	wg      sync.WaitGroup
-	pubsub  *redis.PubSub
-	once    sync.Once
+	failing   atomic.Bool  // Redis failed last time; logged once per outage
+	nextProbe atomic.Int64 // while failing, when (UnixNano) to ask Redis again
+	mu        sync.Mutex   // held to start a goroutine, or to close
+	closing   chan struct{}
+	wg        sync.WaitGroup
+	pubsub    *redis.PubSub
 }
 
 // NewRedis returns a Store whose streams live in Redis under prefix, shared
 // by every instance with the same prefix. MaxStreams bounds the streams of
-// all instances. The client stays the caller's: Close stops the store's
-// goroutines and its subscription but does not close the client. Give the
-// client ContextTimeoutEnabled, so that a hung Redis fails Create within
-// its timeout too, not only one that is down. logf, if not nil, gets one
+// all instances. The store owns client: Close stops the store's goroutines
+// and closes it. Give the client ContextTimeoutEnabled, so that a hung
+// Redis fails Create within its timeout (a second) too, not only one that
+// is down; without it go-redis bounds each read by its ReadTimeout only. logf, if not nil, gets one
 // warning when Redis starts failing and one line when it answers again.
 func NewRedis(client *redis.Client, prefix string, opts Options, logf func(string, ...any)) Store {
 	if logf == nil {
@@ -97,14 +104,61 @@ func (r *redisStore) note(err error) error {
 		if r.failing.CompareAndSwap(true, false) {
 			r.logf("resume: redis store answers again")
 		}
-	case errors.Is(err, context.Canceled):
-		// The caller left; that says nothing of Redis.
+	case errors.Is(err, context.Canceled), errors.Is(err, redis.ErrClosed):
+		// The caller left, or the store closed: that says nothing of Redis.
 	default:
+		r.nextProbe.Store(time.Now().Add(probeEvery).UnixNano())
 		if r.failing.CompareAndSwap(false, true) {
 			r.logf("resume: redis store failing, new streams are not resumable until it answers: %v", err)
 		}
 	}
 	return err
+}
+
+// down tells whether to fail a call without asking Redis: an outage then
+// costs a request the timeout once a probeEvery, not each time.
+func (r *redisStore) down() bool {
+	if !r.failing.Load() {
+		return false
+	}
+	next, now := r.nextProbe.Load(), time.Now().UnixNano()
+	return now < next || !r.nextProbe.CompareAndSwap(next, now+int64(probeEvery))
+}
+
+// call runs f, a call to Redis bounded by opTimeout, unless Redis is down,
+// and notes how it went.
+func (r *redisStore) call(ctx context.Context, f func(context.Context) error) error {
+	if r.down() {
+		return errDown
+	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	return r.note(f(ctx))
+}
+
+// pipelined sends what f queues in one round trip, as call does.
+func (r *redisStore) pipelined(f func(context.Context, redis.Pipeliner)) error {
+	return r.call(context.Background(), func(ctx context.Context) error {
+		_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			f(ctx, p)
+			return nil
+		})
+		return err
+	})
+}
+
+// validID tells an ID NewID could have made from one that is not worth
+// asking Redis about: what clients send goes into key names.
+func validID(id string) bool {
+	if len(id) != 22 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
@@ -135,12 +189,14 @@ func (r *redisStore) Create(ctx context.Context, m Meta) (Log, error) {
 	if m.ID == "" {
 		m.ID = NewID()
 	}
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	res, err := createScript.Run(ctx, r.c,
-		[]string{r.streamsKey(), r.metaKey(m.ID)},
-		nowMS(), r.opts.MaxStreams, m.ID, ms(liveExpiry), m.Owner, m.Format, m.Model).Int()
-	if r.note(err) != nil {
+	var res int
+	err := r.call(ctx, func(ctx context.Context) (err error) {
+		res, err = createScript.Run(ctx, r.c,
+			[]string{r.streamsKey(), r.metaKey(m.ID)},
+			nowMS(), r.opts.MaxStreams, m.ID, ms(liveExpiry), m.Owner, m.Format, m.Model).Int()
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("resume: creating stream in redis: %w", err)
 	}
 	switch res {
@@ -154,8 +210,9 @@ func (r *redisStore) Create(ctx context.Context, m Meta) (Log, error) {
 		return nil, err
 	}
 	l := &redisLog{memStream: s, r: r, stop: make(chan struct{})}
-	r.wg.Add(1)
-	go l.keepAlive()
+	if !r.spawn(l.keepAlive) {
+		return nil, ErrClosed
+	}
 	return l, nil
 }
 
@@ -187,7 +244,21 @@ func (r *redisStore) Read(ctx context.Context, id string, after int) (Cursor, er
 	if s := r.mem.lookup(id); s != nil {
 		return s.open(after)
 	}
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
 	return r.openRemote(ctx, id, max(after, 0))
+}
+
+func (r *redisStore) Meta(ctx context.Context, id string) (Meta, error) {
+	if s := r.mem.lookup(id); s != nil {
+		return s.meta, nil
+	}
+	if !validID(id) {
+		return Meta{}, ErrNotFound
+	}
+	rm, err := r.lookup(ctx, id)
+	return rm.meta, err
 }
 
 // cancelScript marks a live stream cancelled, for a producer that missed
@@ -206,10 +277,15 @@ func (r *redisStore) Cancel(ctx context.Context, id string) error {
 		s.cancel()
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	found, err := cancelScript.Run(ctx, r.c, []string{r.metaKey(id)}, r.cancelChannel(), id).Int()
-	if r.note(err) != nil {
+	if !validID(id) {
+		return ErrNotFound
+	}
+	var found int
+	err := r.call(ctx, func(ctx context.Context) (err error) {
+		found, err = cancelScript.Run(ctx, r.c, []string{r.metaKey(id)}, r.cancelChannel(), id).Int()
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("resume: cancelling stream in redis: %w", err)
 	}
 	if found == 0 {
@@ -221,20 +297,41 @@ func (r *redisStore) Cancel(ctx context.Context, id string) error {
 // attachedElsewhere tells whether a cursor of another instance holds a
 // claim on stream id that has not lapsed.
 func (r *redisStore) attachedElsewhere(id string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
-	n, err := r.c.ZCount(ctx, r.attachedKey(id), strconv.FormatInt(nowMS(), 10), "+inf").Result()
-	return r.note(err) == nil && n > 0
+	var n int64
+	err := r.call(context.Background(), func(ctx context.Context) (err error) {
+		n, err = r.c.ZCount(ctx, r.attachedKey(id), strconv.FormatInt(nowMS(), 10), "+inf").Result()
+		return err
+	})
+	return err == nil && n > 0
+}
+
+// spawn runs f in a goroutine Close waits for, unless the store is closed.
+func (r *redisStore) spawn(f func()) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed() {
+		return false
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		f()
+	}()
+	return true
 }
 
 func (r *redisStore) Close() error {
-	r.once.Do(func() {
-		close(r.closing)
-		_ = r.pubsub.Close()
-		r.wg.Wait()
-		_ = r.mem.Close()
-	})
-	return nil
+	r.mu.Lock()
+	if r.closed() {
+		r.mu.Unlock()
+		return nil
+	}
+	close(r.closing)
+	r.mu.Unlock()
+	_ = r.pubsub.Close()
+	r.wg.Wait()
+	_ = r.mem.Close()
+	return r.c.Close()
 }
 
 // redisLog writes a stream both here (its memStream: local cursors, grace,
@@ -269,10 +366,8 @@ func (l *redisLog) Append(event []byte) error {
 	n, first := l.lastLocked(), l.first
 	l.memStream.mu.Unlock()
 	id := l.meta.ID
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
 	var cancelled *redis.BoolCmd
-	_, err := l.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	err := l.r.pipelined(func(ctx context.Context, p redis.Pipeliner) {
 		add := &redis.XAddArgs{Stream: l.r.eventsKey(id), ID: entryID(n), Values: []any{"e", event}}
 		if first > 1 {
 			add.MinID = entryID(first)
@@ -282,9 +377,8 @@ func (l *redisLog) Append(event []byte) error {
 		p.PExpire(ctx, l.r.eventsKey(id), liveExpiry)
 		p.PExpire(ctx, l.r.metaKey(id), liveExpiry)
 		cancelled = p.HExists(ctx, l.r.metaKey(id), "cancelled")
-		return nil
 	})
-	if l.r.note(err) != nil {
+	if err != nil {
 		l.broken = true
 		return nil
 	}
@@ -307,17 +401,14 @@ func (l *redisLog) End(state State) error {
 	// Even a broken stream's end is worth a try: a cursor elsewhere then
 	// finds the gap at once instead of waiting for the keys to expire.
 	id, ttl := l.meta.ID, l.r.opts.TTL
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
-	_, err := l.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	err := l.r.pipelined(func(ctx context.Context, p redis.Pipeliner) {
 		p.XAdd(ctx, &redis.XAddArgs{Stream: l.r.eventsKey(id), ID: entryID(last + 1), Values: []any{"end", stateNames[state]}})
 		p.HSet(ctx, l.r.metaKey(id), "state", stateNames[state])
 		p.PExpire(ctx, l.r.eventsKey(id), ttl)
 		p.PExpire(ctx, l.r.metaKey(id), ttl)
 		p.ZAdd(ctx, l.r.streamsKey(), redis.Z{Score: float64(nowMS() + ms(ttl)), Member: id})
-		return nil
 	})
-	if l.r.note(err) != nil {
+	if err != nil {
 		return fmt.Errorf("resume: ending stream in redis: %w", err)
 	}
 	return nil
@@ -331,7 +422,6 @@ func (l *redisLog) Attached() bool {
 // keepAlive renews the live stream's keys while its upstream runs here,
 // and looks for a cancel whose message this instance missed.
 func (l *redisLog) keepAlive() {
-	defer l.r.wg.Done()
 	t := time.NewTicker(liveRefresh)
 	defer t.Stop()
 	for {
@@ -343,17 +433,14 @@ func (l *redisLog) keepAlive() {
 		case <-t.C:
 		}
 		id := l.meta.ID
-		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		var cancelled *redis.BoolCmd
-		_, err := l.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		err := l.r.pipelined(func(ctx context.Context, p redis.Pipeliner) {
 			p.PExpire(ctx, l.r.eventsKey(id), liveExpiry)
 			p.PExpire(ctx, l.r.metaKey(id), liveExpiry)
 			p.ZAdd(ctx, l.r.streamsKey(), redis.Z{Score: float64(nowMS() + ms(liveExpiry)), Member: id})
 			cancelled = p.HExists(ctx, l.r.metaKey(id), "cancelled")
-			return nil
 		})
-		cancel()
-		if l.r.note(err) == nil && cancelled.Val() {
+		if err == nil && cancelled.Val() {
 			l.memStream.cancel()
 		}
 	}

@@ -9,13 +9,11 @@ import "context"
 func (r *redisStore) subscribe() {
 	r.pubsub = r.c.Subscribe(context.Background(), r.cancelChannel())
 	ch := r.pubsub.Channel()
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.spawn(func() {
 		for msg := range ch { // until Close closes the subscription
 			if s := r.mem.lookup(msg.Payload); s != nil {
 				s.cancel()
 			}
 		}
-	}()
+	})
 }

@@ -32,20 +32,40 @@ type redisCursor struct {
 
 var _ Cursor = (*redisCursor)(nil)
 
-func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Cursor, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	vals, err := r.c.HMGet(ctx, r.metaKey(id), "owner", "format", "model", "first", "last", "state").Result()
-	if r.note(err) != nil {
-		return nil, fmt.Errorf("resume: reading stream from redis: %w", err)
+// remote is what a stream's meta hash says.
+type remote struct {
+	meta        Meta
+	first, last int
+	state       State
+}
+
+// lookup reads stream id's meta hash: ErrNotFound when it expired (or is
+// not a stream of ours).
+func (r *redisStore) lookup(ctx context.Context, id string) (remote, error) {
+	var vals []any
+	err := r.call(ctx, func(ctx context.Context) (err error) {
+		vals, err = r.c.HMGet(ctx, r.metaKey(id), "owner", "format", "model", "first", "last", "state").Result()
+		return err
+	})
+	if err != nil {
+		return remote{}, fmt.Errorf("resume: reading stream from redis: %w", err)
 	}
 	str := func(i int) string { s, _ := vals[i].(string); return s }
 	state, ok := parseState(str(5))
 	if !ok {
-		return nil, ErrNotFound // expired (or not a stream of ours)
+		return remote{}, ErrNotFound
 	}
 	first, _ := strconv.Atoi(str(3))
 	last, _ := strconv.Atoi(str(4))
+	return remote{Meta{ID: id, Owner: str(0), Format: str(1), Model: str(2)}, first, last, state}, nil
+}
+
+func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Cursor, error) {
+	rm, err := r.lookup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	first, last, state := rm.first, rm.last, rm.state
 	if after < first-1 {
 		return nil, ErrDropped
 	}
@@ -55,7 +75,7 @@ func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Curs
 	}
 	c := &redisCursor{
 		r:       r,
-		meta:    Meta{ID: id, Owner: str(0), Format: str(1), Model: str(2)},
+		meta:    rm.meta,
 		next:    after + 1,
 		backlog: max(last-after, 0),
 		stop:    make(chan struct{}),
@@ -67,45 +87,41 @@ func (r *redisStore) openRemote(ctx context.Context, id string, after int) (Curs
 	}
 	// A live stream's producer must see this cursor as attached.
 	c.member = NewID()
-	if err := r.note(c.claim(ctx)); err != nil {
+	if err := c.claim(); err != nil {
 		return nil, fmt.Errorf("resume: attaching to stream in redis: %w", err)
 	}
-	r.wg.Add(1)
-	go c.renew()
+	if !r.spawn(c.renew) {
+		return nil, ErrClosed
+	}
 	return c, nil
 }
 
 // claim says in Redis, for Grace, that this cursor is attached.
-func (c *redisCursor) claim(ctx context.Context) error {
+func (c *redisCursor) claim() error {
 	key, grace := c.r.attachedKey(c.meta.ID), c.r.opts.Grace
-	_, err := c.r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	return c.r.pipelined(func(ctx context.Context, p redis.Pipeliner) {
 		p.ZAdd(ctx, key, redis.Z{Score: float64(nowMS() + ms(grace)), Member: c.member})
 		p.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(nowMS(), 10))
 		p.PExpire(ctx, key, 2*grace)
-		return nil
 	})
-	return err
 }
 
 // renew renews the claim every Grace/3 until Close, then withdraws it.
 func (c *redisCursor) renew() {
-	defer c.r.wg.Done()
 	defer close(c.done)
-	t := time.NewTicker(c.r.opts.Grace / 3)
+	t := time.NewTicker(max(c.r.opts.Grace/3, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
 		case <-c.stop:
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			c.r.note(c.r.c.ZRem(ctx, c.r.attachedKey(c.meta.ID), c.member).Err())
-			cancel()
+			_ = c.r.call(context.Background(), func(ctx context.Context) error {
+				return c.r.c.ZRem(ctx, c.r.attachedKey(c.meta.ID), c.member).Err()
+			})
 			return
 		case <-c.r.closing:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			c.r.note(c.claim(ctx))
-			cancel()
+			_ = c.claim()
 		}
 	}
 }
@@ -122,9 +138,6 @@ func (c *redisCursor) Close() {
 // Next returns the next event from its buffer, or reads more.
 func (c *redisCursor) Next(ctx context.Context) ([]byte, int, error) {
 	for {
-		if c.r.closed() {
-			return nil, 0, ErrClosed
-		}
 		for len(c.buf) > 0 {
 			m := c.buf[0]
 			c.buf = c.buf[1:]
@@ -163,6 +176,9 @@ func (c *redisCursor) read(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if c.r.closed() {
+			return ErrClosed
+		}
 		block := readBlock
 		if dl, ok := ctx.Deadline(); ok {
 			// Nil before the connection's deadline, which is ctx's.
@@ -186,8 +202,10 @@ func (c *redisCursor) read(ctx context.Context) error {
 			if err := c.check(ctx); err != nil {
 				return err
 			}
-		case ctx.Err() != nil:
-			return ctx.Err()
+		case ctxEnded(ctx) != nil:
+			return ctxEnded(ctx)
+		case c.r.closed():
+			return ErrClosed
 		default:
 			return fmt.Errorf("resume: following stream in redis: %w", c.r.note(err))
 		}
@@ -200,8 +218,10 @@ func (c *redisCursor) read(ctx context.Context) error {
 func (c *redisCursor) check(ctx context.Context) error {
 	vals, err := c.r.c.HMGet(ctx, c.r.metaKey(c.meta.ID), "state", "last").Result()
 	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
+	case ctxEnded(ctx) != nil:
+		return ctxEnded(ctx)
+	case c.r.closed():
+		return ErrClosed
 	case err != nil:
 		return fmt.Errorf("resume: following stream in redis: %w", c.r.note(err))
 	}
@@ -214,6 +234,19 @@ func (c *redisCursor) check(ctx context.Context) error {
 	if n, _ := strconv.Atoi(last); st != Live && c.next > n+1 {
 		c.state = st
 		return io.EOF
+	}
+	return nil
+}
+
+// ctxEnded is ctx's error, or DeadlineExceeded once its deadline is past:
+// the connection's deadline, which is ctx's, may fail a call a moment
+// before ctx's own timer fires.
+func ctxEnded(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
 	}
 	return nil
 }
