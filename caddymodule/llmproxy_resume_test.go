@@ -447,3 +447,40 @@ func TestResumeMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestResumeCancelOwner: only the client that started a stream cancels it,
+// also once the stream has passed max_bytes and dropped its first events.
+func TestResumeCancelOwner(t *testing.T) {
+	up := newPacedUpstream(t, 1000, 5*time.Millisecond)
+	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 1m {\n\t\tmax_bytes 200\n\t}\n\trate_limit 1000-M {\n\t\tkey {http.request.header.X-User}\n\t}\n}")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		caddyhttp.NewTestReplacer(r)
+		_ = h.ServeHTTP(w, r, nil)
+	}))
+	t.Cleanup(srv.Close)
+	resp := getWith(t, srv.URL+"/chat?prompt=hi", "X-User", "alice")
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	readEvents(t, br, 20) // well past 200 bytes
+	del := func(user string) int {
+		req, _ := http.NewRequest(http.MethodDelete, srv.URL+"/chat", nil)
+		req.Header.Set("X-Stream-ID", resp.Header.Get("X-Stream-ID"))
+		req.Header.Set("X-User", user)
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	if got := del("mallory"); got != http.StatusForbidden {
+		t.Fatalf("another client's DELETE: %d, want 403", got)
+	}
+	if up.cancelled.Load() != 0 {
+		t.Fatal("another client cancelled the stream")
+	}
+	if got := del("alice"); got != http.StatusNoContent {
+		t.Fatalf("its client's DELETE: %d, want 204", got)
+	}
+	waitFor(t, 5*time.Second, func() bool { return up.cancelled.Load() == 1 })
+}
