@@ -526,6 +526,7 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 	rec.status = http.StatusOK
 	rc := http.NewResponseController(w)
 	fw := frame.NewWriter(w, rc.Flush, rec.format)
+	fw.HeadersSent = frame.HeadersSent(w.Header())
 	fw.IncludeUsage = req.IncludeUsage
 	fw.TypedEvents = req.API == upstream.Responses || req.API == upstream.Messages
 	fw.StreamID = "llmstream"

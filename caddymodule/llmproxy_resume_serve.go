@@ -230,8 +230,10 @@ func (h *LLMProxy) pump(w http.ResponseWriter, r *http.Request, f frame.Format, 
 		}
 		return rc.Flush()
 	}
-	if err := rc.Flush(); err != nil {
-		return nil
+	if !frame.HeadersSent(w.Header()) {
+		if err := rc.Flush(); err != nil {
+			return nil
+		}
 	}
 	if first != nil && write(first) != nil {
 		return nil

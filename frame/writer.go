@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -76,6 +77,10 @@ type Writer struct {
 	events     int64 // relayed: the next sequence_number
 	relayedErr bool  // the upstream's own failure event went out
 
+	// HeadersSent tells Start that the headers went out already, so it
+	// flushes nothing: see HeadersSent (the func).
+	HeadersSent bool
+
 	// WriteTimeout bounds how long one write may block on a client that
 	// stopped reading; SetDeadline applies it (http.ResponseController's
 	// SetWriteDeadline). Without them a stalled client holds its stream,
@@ -129,6 +134,9 @@ func (fw *Writer) start() error {
 		return nil
 	}
 	fw.started = true
+	if fw.HeadersSent {
+		return nil
+	}
 	if err := fw.flush(); err != nil {
 		return &DownstreamError{err}
 	}
@@ -556,4 +564,15 @@ func appendUnquoted(b []byte, tok json.RawMessage) ([]byte, error) {
 		}
 	}
 	return b, nil
+}
+
+// HeadersSent tells whether a response whose headers h are, written with
+// WriteHeader, has sent them already: Caddy's encode does for an
+// Incremental response it compresses. A flush before its first byte would
+// then start the compressed stream, and encode ends one only after a write:
+// a text reply with no text (a tool call alone) would end with no trailer,
+// a broken body. A writer for such a response must not flush before it
+// writes.
+func HeadersSent(h http.Header) bool {
+	return h.Get("Content-Encoding") != "" && h.Get("Incremental") != ""
 }

@@ -498,3 +498,33 @@ func TestWriterNumberEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadersSentStartsWithoutFlush: a writer told the headers went out
+// (Caddy's encode flushed them for an Incremental response) flushes nothing
+// before its first frame, so a text reply with no text leaves the encoder
+// unstarted; one not told flushes the headers at Start.
+func TestHeadersSentStartsWithoutFlush(t *testing.T) {
+	h := http.Header{}
+	SetHeaders(h, Text)
+	if HeadersSent(h) {
+		t.Fatal("HeadersSent without Content-Encoding")
+	}
+	h.Set("Content-Encoding", "gzip")
+	if !HeadersSent(h) {
+		t.Fatal("not HeadersSent for an encoded Incremental response")
+	}
+	for _, sent := range []bool{false, true} {
+		rec := new(recorder)
+		fw := NewWriter(rec, rec.Flush, Text)
+		fw.HeadersSent = sent
+		if err := fw.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Done(); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]int{false: 1, true: 0}[sent]; rec.flushes != want {
+			t.Errorf("HeadersSent %v: %d flushes, want %d", sent, rec.flushes, want)
+		}
+	}
+}
