@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,13 +30,51 @@ import (
 // cutProxy is a TCP proxy between the browser and caddy that can drop every
 // connection at once, as a network that goes away does. DevTools' offline
 // emulation would not do: Chromium leaves the responses it is already
-// reading alone, and only fails new requests.
+// reading alone, and only fails new requests. It notes the Last-Event-ID
+// headers of the requests it relays.
 type cutProxy struct {
 	URL  string
 	ln   net.Listener
 	mu   sync.Mutex
 	down bool
 	open map[net.Conn]bool
+	ids  []string // Last-Event-ID headers seen
+}
+
+var lastEventIDHeader = regexp.MustCompile(`(?im)^last-event-id: *([^\r\n]*)\r\n`)
+
+// requests notes the Last-Event-ID headers of what a browser sends on one
+// connection, whichever pieces it comes in.
+type requests struct {
+	p   *cutProxy
+	buf []byte
+}
+
+func (r *requests) Write(b []byte) (int, error) {
+	r.buf = append(r.buf, b...)
+	for {
+		end := bytes.Index(r.buf, []byte("\r\n\r\n"))
+		if end < 0 {
+			break
+		}
+		for _, m := range lastEventIDHeader.FindAllSubmatch(r.buf[:end+2], -1) {
+			r.p.mu.Lock()
+			r.p.ids = append(r.p.ids, string(m[1]))
+			r.p.mu.Unlock()
+		}
+		r.buf = r.buf[end+4:] // the requests are GETs and DELETEs: no bodies
+	}
+	if len(r.buf) > 64<<10 {
+		r.buf = r.buf[:0]
+	}
+	return len(b), nil
+}
+
+// lastEventIDs returns the Last-Event-ID headers relayed so far.
+func (p *cutProxy) lastEventIDs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.ids...)
 }
 
 func newCutProxy(t *testing.T, target string) *cutProxy {
@@ -94,7 +134,7 @@ func (p *cutProxy) relay(c net.Conn, addr string) {
 		return
 	}
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, c); done <- struct{}{} }()
+	go func() { io.Copy(io.MultiWriter(up, &requests{p: p}), c); done <- struct{}{} }()
 	go func() { io.Copy(c, up); done <- struct{}{} }()
 	<-done
 	c.Close()
@@ -422,10 +462,16 @@ func TestBrowserResume(t *testing.T) {
 			if final.State != "done" || final.Answer != want {
 				t.Fatalf("final %+v (statuses %q)\nwant the answer %q", final, statuses, want)
 			}
-			if id := p.streamID(i); id == "" {
-				t.Error("the page did not see a resumable stream")
+			// The same text from a new completion would not do: the page
+			// must have resumed its stream.
+			id, resumed := p.streamID(i), false
+			for _, h := range cut.lastEventIDs() {
+				resumed = resumed || (id != "" && strings.HasPrefix(h, id+"."))
 			}
-			t.Logf("%s: statuses %q; %s", tr, statuses, final.Status)
+			if !resumed {
+				t.Errorf("no request resumed the stream %q: Last-Event-IDs %q", id, cut.lastEventIDs())
+			}
+			t.Logf("%s: resumed with %q; statuses %q; %s", tr, cut.lastEventIDs(), statuses, final.Status)
 		})
 	}
 }
