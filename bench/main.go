@@ -90,6 +90,8 @@ var targets = []target{
 	{name: "openai", h2c: true, config: llmTarget("openai")},
 	{name: "sse", h2c: true, query: "?format=sse", config: llmTarget("sse")},
 	{name: "ndjson", h2c: true, query: "?format=ndjson", config: llmTarget("ndjson")},
+	// sse with resume on: what keeping every event for a reconnect costs.
+	{name: "sse_resume", h2c: true, query: "?format=sse", config: llmTarget("sse", "resume 10s {\n\t\t\tmax_streams 1000000\n\t\t}")},
 }
 
 func main() {
@@ -439,13 +441,17 @@ http://%s {
 	}
 }
 
-func llmTarget(format string) func(*config, string, string, bool) (string, []string, error) {
+func llmTarget(format string, extra ...string) func(*config, string, string, bool) (string, []string, error) {
 	return caddyTarget(func(sim string, h2c bool) string {
 		scheme := "http://"
 		if h2c {
 			scheme = "h2c://"
 		}
-		return "llm_proxy " + scheme + sim + "/v1 {\n\t\tformat " + format + "\n\t}"
+		lines := ""
+		for _, e := range extra {
+			lines += "\n\t\t" + e
+		}
+		return "llm_proxy " + scheme + sim + "/v1 {\n\t\tformat " + format + lines + "\n\t}"
 	})
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/llmstream/caddy-llmstream/frame"
 	"github.com/llmstream/caddy-llmstream/guard"
 	"github.com/llmstream/caddy-llmstream/ratelimit"
+	"github.com/llmstream/caddy-llmstream/resume"
 	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
@@ -125,6 +126,10 @@ type LLMProxy struct {
 	// Lets pages of other origins call llm_proxy from a browser. Default:
 	// none, and a browser's requests from other origins are refused.
 	CORS *CORSConfig `json:"cors,omitempty"`
+
+	// Keeps streams' events so that a client whose connection dropped
+	// resumes its stream. Default: off.
+	Resume *ResumeConfig `json:"resume,omitempty"`
 
 	format       frame.Format
 	heartbeat    time.Duration
@@ -232,6 +237,11 @@ func (h *LLMProxy) Provision(ctx caddy.Context) error {
 	if err := h.provisionGuards(); err != nil {
 		return err
 	}
+	if h.Resume != nil {
+		if err := h.Resume.provision(ctx, h.logger); err != nil {
+			return fmt.Errorf("llm_proxy: %w", err)
+		}
+	}
 	return h.provisionPool(ctx, t)
 }
 
@@ -275,6 +285,7 @@ func (h *LLMProxy) Cleanup() error {
 	if h.poolKey != "" {
 		_, _ = upstreamPools.Delete(h.poolKey)
 	}
+	h.Resume.cleanup()
 	if h.RateLimit != nil {
 		return h.RateLimit.Cleanup()
 	}
@@ -301,6 +312,14 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.servePass(w, r, path)
 	}
 	start := time.Now()
+	if r.Method == http.MethodDelete && h.Resume != nil {
+		release, denied := h.admit(w, r)
+		release()
+		if denied != nil {
+			return h.reject(w, r, denied)
+		}
+		return h.serveCancel(w, r)
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
 		return h.reject(w, r, &chunk.Error{Status: http.StatusMethodNotAllowed, Type: chunk.TypeInvalidRequest,
@@ -310,17 +329,30 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	if denied != nil {
 		return h.reject(w, r, denied)
 	}
-	defer release()
+	// The slot is the stream's, which may outlive this request (resume):
+	// run releases it; until then, every early return does.
+	owned := false
+	defer func() {
+		if !owned {
+			release()
+		}
+	}()
 	format, err := frame.Negotiate(r.URL.Query().Get("format"), r.Header.Get("Accept"), h.format)
 	if err != nil {
 		return h.reject(w, r, &chunk.Error{Status: http.StatusBadRequest, Type: chunk.TypeInvalidRequest, Message: err.Error()})
 	}
-	// An EventSource that reconnects after its stream ended presents the
-	// stream's ID. A completion cannot be resumed, and starting it over would
-	// bill it again: 204 tells the EventSource to stop.
-	if (format == frame.SSE || format == frame.OpenAI) && r.Header.Get("Last-Event-ID") != "" {
-		w.WriteHeader(http.StatusNoContent)
-		return nil
+	// A client that reconnects presents the ID of the last event it got.
+	// With resume on, it gets the rest. Without it, a completion cannot be
+	// resumed, and starting it over would bill it again: 204 tells an
+	// EventSource to stop.
+	if last := r.Header.Get("Last-Event-ID"); last != "" {
+		if h.Resume != nil {
+			return h.serveResume(w, r, last)
+		}
+		if format == frame.SSE || format == frame.OpenAI {
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
 	}
 	req, err := h.buildRequest(r, format)
 	if err != nil {
@@ -331,15 +363,23 @@ func (h *LLMProxy) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return h.reject(w, r, &chunk.Error{Status: refused.Status, Type: chunk.TypeRateLimit,
 			Message: refused.Message, RetryAfter: refused.RetryAfter})
 	}
-	defer tab.Settle()
-
-	rec := &record{start: start, format: format, model: req.Model, span: recordingSpan(r)}
-	defer h.finish(r, rec)
-	rec.outcome, rec.err = h.relay(w, r, req, rec, tab)
-	if rec.outcome == outcomeRejected {
-		tab.Refund() // no upstream generated anything
+	_, api := route(r)
+	rec := &record{start: start, api: api, format: format, model: req.Model, span: recordingSpan(r)}
+	run := func(w http.ResponseWriter, r *http.Request) error {
+		defer release()
+		defer tab.Settle()
+		defer h.finish(r, rec)
+		rec.outcome, rec.err = h.relay(w, r, req, rec, tab)
+		if rec.outcome == outcomeRejected {
+			tab.Refund() // no upstream generated anything
+		}
+		return h.conclude(w, r, rec)
 	}
-	return h.conclude(w, r, rec)
+	owned = true // run releases it, whichever way it runs
+	if h.Resume != nil && req.Stream {
+		return h.serveResumable(w, r, rec, req, run)
+	}
+	return run(w, r)
 }
 
 // relay answers req from the pool and returns the outcome with the error
@@ -376,7 +416,9 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 	if err := fw.Start(); err != nil {
 		return outcomeClientGone, nil
 	}
-	fw.KeepAlive(h.heartbeat)
+	if rec.streamID == "" {
+		fw.KeepAlive(h.heartbeat)
+	}
 	// Once any chunk went to the client, no other upstream may answer:
 	// the client would read two completions spliced (two ids, two role
 	// deltas), which SDKs' accumulators reject. So a first chunk that
@@ -446,7 +488,7 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 			}
 			return outcomeCompleted, nil
 		}
-		if r.Context().Err() != nil {
+		if r.Context().Err() != nil && !endedByResume(r.Context()) {
 			return outcomeClientGone, nil
 		}
 		holding = false // a failure drops what was held back
@@ -461,8 +503,8 @@ func (h *LLMProxy) relay(w http.ResponseWriter, r *http.Request, req *upstream.R
 				err = nerr
 			}
 		}
-		if errors.Is(context.Cause(ctx), errShuttingDown) {
-			err = errShuttingDown
+		if cause := context.Cause(ctx); errors.Is(cause, errShuttingDown) || endedByResume(ctx) {
+			err = cause
 		}
 		e, outcome := h.streamError(err)
 		rec.signalled = fw.Fail(e) == nil
@@ -485,9 +527,18 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 	rc := http.NewResponseController(w)
 	fw := frame.NewWriter(w, rc.Flush, rec.format)
 	fw.IncludeUsage = req.IncludeUsage
-	fw.TypedEvents = req.API == upstream.Responses
+	fw.TypedEvents = req.API == upstream.Responses || req.API == upstream.Messages
 	fw.StreamID = "llmstream"
+	if req.API == upstream.Messages {
+		typedMessages(fw)
+	}
 	rec.fw = fw
+	if rec.streamID != "" {
+		// A resumable stream is written to its log, not to a client:
+		// the clients that read it keep their own time and heartbeats.
+		fw.StreamID, fw.NumberEvents = rec.streamID, true
+		return fw, fw.Close
+	}
 	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {
 		// The server already arms a write deadline around every write
 		// and flush (its write_idle_timeout): make that one ours for
@@ -501,8 +552,11 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 
 // buildRequest reads the client's request into an upstream request.
 func (h *LLMProxy) buildRequest(r *http.Request, format frame.Format) (*upstream.Request, error) {
-	if kind, path := route(r); kind == endpointResponses {
+	switch kind, path := route(r); kind {
+	case endpointResponses:
 		return h.buildResponsesRequest(r, path, format)
+	case endpointMessages:
+		return h.buildMessagesRequest(r, format)
 	}
 	if r.Method == http.MethodGet {
 		q := r.URL.Query()
@@ -574,6 +628,10 @@ func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 		return &chunk.Error{Type: chunk.TypeTimeout, Message: err.Error()}, outcomeTimeout
 	case errors.Is(err, errShuttingDown):
 		return &chunk.Error{Type: chunk.TypeServer, Message: err.Error()}, outcomeUpstreamError
+	case errors.Is(err, resume.ErrCancelled):
+		return &chunk.Error{Type: chunk.TypeInvalidRequest, Code: quoted("stream_cancelled"), Message: "the stream was cancelled by its client"}, outcomeClientGone
+	case errors.Is(err, resume.ErrUnattended):
+		return &chunk.Error{Type: chunk.TypeTimeout, Code: quoted("stream_unattended"), Message: "the stream was cancelled: no client was connected for resume's grace period"}, outcomeClientGone
 	case errors.Is(err, frame.ErrContent):
 		return &chunk.Error{Type: chunk.TypeUpstream, Message: "upstream sent content this framing cannot carry"}, outcomeUpstreamError
 	case errors.Is(err, upstream.ErrZstdWindow):
@@ -601,7 +659,7 @@ func (h *LLMProxy) reject(w http.ResponseWriter, r *http.Request, e *chunk.Error
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(e.Status)
-	_, _ = w.Write(e.MarshalBody())
+	_, _ = w.Write(errorBody(r, e))
 	return nil
 }
 

@@ -142,6 +142,8 @@ func (h *LLMProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxPrompt, err = intArg(d, 1, unbounded)
 		case "cors":
 			h.CORS, err = parseCORS(d)
+		case "resume":
+			h.Resume, err = parseResume(d)
 		case "timeouts":
 			if err = noArgs(d); err == nil {
 				err = h.unmarshalTimeouts(d)

@@ -53,8 +53,13 @@ func (h *LLMProxy) provisionGuards() error {
 	if h.CORS == nil {
 		return nil
 	}
+	methods, expose := corsMethods, ratelimit.HeaderNames()
+	if h.Resume != nil {
+		// A page resumes by the stream's ID and cancels with a DELETE.
+		methods, expose = methods+", DELETE", append(expose, streamIDHeader)
+	}
 	h.cors = &guard.CORS{Origins: slices.Clone(h.CORS.Origins), Credentials: h.CORS.AllowCredentials,
-		MaxAge: time.Duration(h.CORS.MaxAge), Methods: corsMethods, Expose: strings.Join(ratelimit.HeaderNames(), ", ")}
+		MaxAge: time.Duration(h.CORS.MaxAge), Methods: methods, Expose: strings.Join(expose, ", ")}
 	if err := h.cors.Validate(); err != nil {
 		return fmt.Errorf("llm_proxy: %w", err)
 	}

@@ -69,6 +69,8 @@ type record struct {
 	// when idWanted: the chunk parser skips the id, which only traces use.
 	respID   string
 	idWanted bool
+	// The ID of a resumable stream, whose events go to its log.
+	streamID string
 }
 
 // recordingSpan is r's span if Caddy's tracing records it, else nil.
@@ -379,7 +381,8 @@ func registerMetrics(reg *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metrics.open, metrics.requests, metrics.ttfb, metrics.ttft, metrics.gap,
-		metrics.added, metrics.tokens, metrics.failovers, metrics.disconnects, metrics.afterGone} {
+		metrics.added, metrics.tokens, metrics.failovers, metrics.disconnects, metrics.afterGone,
+		resumeMetrics.resumes, resumeMetrics.replayed, resumeMetrics.unattended} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

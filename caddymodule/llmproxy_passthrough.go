@@ -3,12 +3,12 @@ package caddymodule
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -29,8 +29,9 @@ var passPaths = map[string]bool{
 	"moderations":  true,
 	"audio/speech": true, "audio/transcriptions": true, "audio/translations": true,
 	"images/generations": true, "images/edits": true, "images/variations": true,
-	// Anthropic's Messages API, for auth x-api-key upstreams.
-	"messages": true, "messages/count_tokens": true,
+	// Anthropic's token counting, for auth x-api-key upstreams (its
+	// messages are relayed as chat is: llmproxy_messages.go).
+	"messages/count_tokens": true,
 }
 
 // maxHeldBody is the largest request body held in memory, so that another
@@ -63,16 +64,20 @@ func (h *LLMProxy) servePass(w http.ResponseWriter, r *http.Request, api string)
 		rec.outcome, rec.err = outcomeRejected, err
 		return h.conclude(w, r, rec)
 	}
-	// The token budget is a gate here: a client that spent it is refused,
-	// but what these paths use is not counted (their usage is not read).
-	tab, spent := h.RateLimit.Reserve(w, r, ratelimit.Cost{MaxTokens: 1})
+	// The token budget is spent as chat spends it: its input reserved
+	// (with max_tokens where the answer is generated), the answer counted
+	// as it passes, its reported usage charged.
+	tab, spent := h.RateLimit.Reserve(w, r, ratelimit.PassCost(req.Body, api == "completions"))
 	if spent != nil {
 		rec.outcome, rec.err = outcomeRejected, &chunk.Error{Status: spent.Status, Type: chunk.TypeRateLimit,
 			Message: spent.Message, RetryAfter: spent.RetryAfter}
 		return h.conclude(w, r, rec)
 	}
 	defer tab.Settle()
-	rec.outcome, rec.err = h.relayPass(w, r, req, rec)
+	rec.outcome, rec.err = h.relayPass(w, r, req, rec, tab)
+	if rec.outcome == outcomeRejected {
+		tab.Refund() // no upstream generated anything
+	}
 	return h.conclude(w, r, rec)
 }
 
@@ -90,12 +95,12 @@ func (h *LLMProxy) checkPassModel(req *upstream.PassRequest) error {
 // genAIOperation is the GenAI semantic conventions' operation name for
 // the API path of a request ("" for chat completions).
 func genAIOperation(api string) string {
-	switch api {
-	case "", "messages":
+	switch first, _, _ := strings.Cut(api, "/"); {
+	case api == "" || api == "chat/completions" || api == "messages" || first == "responses":
 		return "chat"
-	case "completions":
+	case api == "completions":
 		return "text_completion"
-	case "embeddings":
+	case api == "embeddings":
 		return "embeddings"
 	}
 	return api
@@ -150,8 +155,10 @@ func formModel(body []byte, boundary string) string {
 // every read. Like relay, it returns outcomeRejected when nothing was sent
 // and the error is the client's answer; otherwise an error means the body
 // broke after its headers went out, told in an event stream's own error
-// event where the stream was between events (signalled).
-func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstream.PassRequest, rec *record) (string, error) {
+// event where the stream was between events (signalled). The answer is
+// counted on tab as it passes, which ends an event stream that spent its
+// client's budget after the event that did.
+func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstream.PassRequest, rec *record, tab *ratelimit.Tab) (string, error) {
 	ctx, stop := untilExit(r)
 	defer stop()
 	tries := h.maxTries
@@ -202,11 +209,14 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 		return nil
 	}
 
+	meter := ratelimit.NewMeter(tab, events)
 	buf := make([]byte, 32<<10)
 	var last [2]byte // the last two bytes sent: "\n\n" ends an event
 	for {
 		n, err := ans.Read(buf)
 		if n > 0 {
+			var spent error
+			n, spent = meter.Feed(buf[:n])
 			if send(buf[:n]) != nil {
 				return outcomeClientGone, nil
 			}
@@ -216,8 +226,14 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 			if n > 1 {
 				last[0] = buf[n-2]
 			}
+			if spent != nil {
+				e, outcome := h.streamError(spent)
+				rec.signalled = send(passErrorEvent(req.Path, e)) == nil
+				return outcome, spent
+			}
 		}
 		if err == io.EOF {
+			meter.End()
 			return outcomeCompleted, nil
 		}
 		if err != nil {
@@ -240,9 +256,8 @@ func (h *LLMProxy) relayPass(w http.ResponseWriter, r *http.Request, req *upstre
 // broke, in the API's own form: Anthropic's `event: error` for messages,
 // OpenAI's `data: {"error":...}` for the others.
 func passErrorEvent(api string, e *chunk.Error) []byte {
-	if api == "messages" {
-		b, _ := json.Marshal(map[string]any{"type": "error", "error": map[string]string{"type": "api_error", "message": e.Message}})
-		return append(append([]byte("event: error\ndata: "), b...), "\n\n"...)
+	if strings.HasPrefix(api, "messages") {
+		return append(append([]byte("event: error\ndata: "), messagesErrorBody(e)...), "\n\n"...)
 	}
 	return append(append([]byte("data: "), e.MarshalBody()...), "\n\n"...)
 }

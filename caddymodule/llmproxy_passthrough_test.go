@@ -166,8 +166,8 @@ func TestPassThroughStreamBreaks(t *testing.T) {
 	defer up.Close()
 	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+"/v1"))
 	for path, want := range map[string]string{
-		"/v1/messages":    "event: message_start\ndata: {\"type\":\"message_start\"}\n\nevent: error\ndata: {\"error\":{\"message\":\"upstream stream ended abnormally\",\"type\":\"api_error\"},\"type\":\"error\"}\n\n",
-		"/v1/completions": "event: message_start\ndata: {\"type\":\"message_start\"}\n\ndata: {\"error\":{\"message\":\"upstream stream ended abnormally\",\"type\":\"upstream_error\"}}\n\n",
+		"/v1/messages/count_tokens": "event: message_start\ndata: {\"type\":\"message_start\"}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream stream ended abnormally\"}}\n\n",
+		"/v1/completions":           "event: message_start\ndata: {\"type\":\"message_start\"}\n\ndata: {\"error\":{\"message\":\"upstream stream ended abnormally\",\"type\":\"upstream_error\"}}\n\n",
 	} {
 		resp, body := call(t, srv, "POST", path, `{"stream":true}`)
 		if resp.StatusCode != 200 || body != want || resp.Header.Get("Cache-Control") != "no-cache" {

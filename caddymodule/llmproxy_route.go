@@ -19,10 +19,13 @@ const (
 	// (GET .../v1/responses/{id}, which may replay its events). Its other
 	// paths (input_items, cancel, compact, a DELETE) are endpointOther.
 	endpointResponses
+	// endpointMessages is Anthropic's Messages API: .../v1/messages (its
+	// count_tokens is endpointOther).
+	endpointMessages
 	// endpointModels is the model list: .../v1/models[/{id}].
 	endpointModels
 	// endpointOther is any other path under /v1/ (embeddings, audio,
-	// images, completions, moderations, messages, ...).
+	// images, completions, moderations, messages/count_tokens, ...).
 	endpointOther
 )
 
@@ -44,6 +47,8 @@ func route(r *http.Request) (endpoint, string) {
 			return endpointResponses, rest
 		}
 		return endpointOther, rest
+	case rest == "messages":
+		return endpointMessages, rest
 	case first == "models":
 		return endpointModels, rest
 	default:

@@ -87,9 +87,21 @@ func Negotiate(query, accept string, def Format) (Format, error) {
 
 // SetHeaders sets the headers of a streamed response in framing f. Proxies in
 // front of Caddy (nginx) are told not to buffer.
+//
+// Caddy's encode handler streams text/event-stream by itself, but would
+// hold an ndjson or text response's headers until its first write and
+// leave it uncompressed when that write is under minimum_length. Marked
+// Incremental (RFC 10036), those get their encoder chosen and their headers
+// sent at WriteHeader, and each write flushed through the encoder, as an
+// event stream does; a reverse_proxy in front flushes them at once too. The
+// SSE framings go without: encode would flush each write on top of ours,
+// one more gzip block and packet per event for nothing.
 func SetHeaders(h http.Header, f Format) {
 	h.Set("Content-Type", f.ContentType())
 	h.Set("Cache-Control", "no-cache")
+	if f == NDJSON || f == Text {
+		h.Set("Incremental", "?1")
+	}
 	h.Set("X-Accel-Buffering", "no")
 	h.Set("X-Content-Type-Options", "nosniff")
 }

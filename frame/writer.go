@@ -54,6 +54,12 @@ type Writer struct {
 	// clients deliver an event without data as an empty message.
 	StreamID string
 	idSent   bool
+	// NumberEvents makes every event of the SSE framings carry its own
+	// ID, "<StreamID>.<n>" with n counting the stream's frames from 1 (in
+	// every framing: an ndjson line, a piece of text), so that a client
+	// that reconnects tells how far it got. Heartbeats are not counted.
+	NumberEvents bool
+	frames       int64 // sent, for NumberEvents
 
 	// TypedEvents makes the openai framing relay a Responses API stream as
 	// the upstream sent it: each chunk is its event, the "event:" line and
@@ -63,8 +69,12 @@ type Writer struct {
 	// events, so Fail after one adds nothing, and a failure of the proxy's
 	// is an error event in the Responses shape.
 	TypedEvents bool
-	events      int64 // relayed: the next sequence_number
-	relayedErr  bool  // the upstream's own failure event went out
+	// ErrorEvent, with TypedEvents, appends the data of the error event
+	// that tells a failure of the proxy's own, given the events relayed
+	// before it; nil: the Responses API's (see appendErrorEvent).
+	ErrorEvent func(b []byte, e *chunk.Error, relayed int64) []byte
+	events     int64 // relayed: the next sequence_number
+	relayedErr bool  // the upstream's own failure event went out
 
 	// WriteTimeout bounds how long one write may block on a client that
 	// stopped reading; SetDeadline applies it (http.ResponseController's
@@ -129,13 +139,30 @@ func (fw *Writer) start() error {
 // and tells whether it did, so that a frame that is not sent after all can
 // give the ID back with unsent.
 func (fw *Writer) appendID(b []byte) ([]byte, bool) {
-	if fw.idSent || fw.StreamID == "" || (fw.f != SSE && fw.f != OpenAI) {
+	if fw.StreamID == "" || (fw.f != SSE && fw.f != OpenAI) {
+		return b, false
+	}
+	if fw.NumberEvents {
+		b = append(b, "id: "...)
+		b = append(append(b, fw.StreamID...), '.')
+		b = strconv.AppendInt(b, fw.frames+1, 10)
+		return append(b, '\n'), false
+	}
+	if fw.idSent {
 		return b, false
 	}
 	fw.idSent = true
 	b = append(b, "id: "...)
 	b = append(b, fw.StreamID...)
 	return append(b, '\n'), true
+}
+
+// Frames is how many frames (events, lines, pieces of text) were sent,
+// heartbeats aside.
+func (fw *Writer) Frames() int64 {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.frames
 }
 
 // Chunk writes one chunk if it carries anything for this framing, and
@@ -221,7 +248,7 @@ func (fw *Writer) Chunk(c *chunk.Chunk) error {
 		}
 		return err
 	}
-	return fw.send(b)
+	return fw.sendFrame(b)
 }
 
 // Done writes the framing's end of a stream that finished properly.
@@ -249,7 +276,7 @@ func (fw *Writer) Done() error {
 		return nil
 	}
 	fw.buf = b
-	return fw.send(b)
+	return fw.sendFrame(b)
 }
 
 // Fail writes the framing's error signal. In the text framing it writes
@@ -270,7 +297,11 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 	switch {
 	case fw.f == OpenAI && fw.TypedEvents:
 		b = append(b, "event: error\ndata: "...)
-		b = appendErrorEvent(b, e, fw.events)
+		if fw.ErrorEvent != nil {
+			b = fw.ErrorEvent(b, e, fw.events)
+		} else {
+			b = appendErrorEvent(b, e, fw.events)
+		}
 		b = append(b, "\n\n"...)
 	case fw.f == OpenAI:
 		b, _ = fw.appendData(b, e.MarshalBody()) // json.Marshal's output is compact
@@ -283,7 +314,7 @@ func (fw *Writer) Fail(e *chunk.Error) error {
 		b = append(b, '\n')
 	}
 	fw.buf = b
-	return fw.send(b)
+	return fw.sendFrame(b)
 }
 
 // appendErrorEvent appends the data of a Responses API error event:
@@ -319,14 +350,25 @@ func (fw *Writer) heartbeat() error {
 	if fw.closed {
 		return nil
 	}
-	switch fw.f {
-	case OpenAI, SSE:
-		return fw.send(append(fw.buf[:0], ": keepalive\n"...))
-	case NDJSON:
-		return fw.send(append(fw.buf[:0], '\n'))
+	if k := fw.f.Keepalive(); k != nil {
+		return fw.send(append(fw.buf[:0], k...))
 	}
 	return nil
 }
+
+// Keepalive is what a heartbeat writes in framing f (see Heartbeat): nil
+// in text, which has none.
+func (f Format) Keepalive() []byte {
+	switch f {
+	case OpenAI, SSE:
+		return keepaliveComment
+	case NDJSON:
+		return keepaliveLine
+	}
+	return nil
+}
+
+var keepaliveComment, keepaliveLine = []byte(": keepalive\n"), []byte("\n")
 
 // KeepAlive sends a heartbeat whenever nothing was sent for d, until
 // Close. d <= 0 or the text framing turns it off.
@@ -368,6 +410,15 @@ func (fw *Writer) Close() {
 	if fw.beat != nil {
 		fw.beat.Stop()
 	}
+}
+
+// sendFrame sends a frame that counts, unlike a heartbeat.
+func (fw *Writer) sendFrame(b []byte) error {
+	err := fw.send(b)
+	if err == nil {
+		fw.frames++
+	}
+	return err
 }
 
 func (fw *Writer) send(b []byte) error {

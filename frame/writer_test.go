@@ -264,8 +264,17 @@ func TestNegotiate(t *testing.T) {
 func TestSetHeaders(t *testing.T) {
 	h := http.Header{}
 	SetHeaders(h, NDJSON)
-	if h.Get("Content-Type") != "application/x-ndjson" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" {
+	if h.Get("Content-Type") != "application/x-ndjson" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" ||
+		h.Get("Incremental") != "?1" {
 		t.Errorf("headers %v", h)
+	}
+	// Only where Caddy's encode would not stream by itself (see SetHeaders).
+	for f, want := range map[Format]string{OpenAI: "", SSE: "", Text: "?1"} {
+		h := http.Header{}
+		SetHeaders(h, f)
+		if got := h.Get("Incremental"); got != want {
+			t.Errorf("%s: Incremental %q, want %q", f, got, want)
+		}
 	}
 }
 
@@ -446,6 +455,45 @@ func TestWriterRefusesNonJSON(t *testing.T) {
 			}
 			if rec.String() != "" {
 				t.Errorf("%s: wrote %q", f, rec.String())
+			}
+		}
+	}
+}
+
+// TestWriterNumberEvents: with NumberEvents every frame of the SSE framings
+// carries <stream>.<n>, done and error included, and heartbeats carry none
+// and are not counted.
+func TestWriterNumberEvents(t *testing.T) {
+	for _, f := range []Format{OpenAI, SSE, NDJSON} {
+		rec := new(recorder)
+		fw := NewWriter(rec, rec.Flush, f)
+		fw.StreamID, fw.NumberEvents = "s", true
+		c := chunk.Chunk{Raw: []byte(`{"choices":[{"index":0,"delta":{"content":"a"}}]}`), Content: []byte(`"a"`), HasChoices: true}
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Heartbeat(); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Chunk(&c); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Fail(&chunk.Error{Type: chunk.TypeUpstream, Message: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		if fw.Frames() != 3 {
+			t.Errorf("%s: %d frames, want 3", f, fw.Frames())
+		}
+		out := rec.buf.String()
+		ids := strings.Count(out, "id: ")
+		switch f {
+		case NDJSON:
+			if ids != 0 {
+				t.Errorf("ndjson carries ids: %q", out)
+			}
+		default:
+			if ids != 3 || !strings.Contains(out, "id: s.1\n") || !strings.Contains(out, ": keepalive\nid: s.2\n") || !strings.Contains(out, "id: s.3\n") {
+				t.Errorf("%s: %q", f, out)
 			}
 		}
 	}

@@ -23,6 +23,10 @@ var (
 	// ErrBehind ends a Cursor that fell more than max_bytes behind the
 	// stream it follows.
 	ErrBehind = errors.New("resume: reader fell too far behind")
+	// ErrClosed: the store was closed (a cursor waiting on it ends with it).
+	ErrClosed = errors.New("resume: store closed")
+	// ErrEnded: Append or End on a stream that has ended already.
+	ErrEnded = errors.New("resume: stream has ended")
 )
 
 // State is how a stream stands.
@@ -44,12 +48,29 @@ type Meta struct {
 	Model string
 }
 
-// Options bound a store.
+// Options bound a store. A zero field takes the default of docs/resume.md.
 type Options struct {
-	TTL        time.Duration // how long a stream is kept after it ends
-	MaxBytes   int           // events kept per stream
-	Grace      time.Duration // how long a stream with nobody attached lives on
-	MaxStreams int           // open and kept streams in all (memory store)
+	TTL        time.Duration // how long a stream is kept after it ends; default 5m
+	MaxBytes   int           // events kept per stream; default 1MiB
+	Grace      time.Duration // how long a stream with nobody attached lives on; default 30s
+	MaxStreams int           // open and kept streams in all (per memory store, per prefix in Redis); default 10000
+}
+
+// withDefaults fills in the zero fields.
+func (o Options) withDefaults() Options {
+	if o.TTL <= 0 {
+		o.TTL = 5 * time.Minute
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = 1 << 20
+	}
+	if o.Grace <= 0 {
+		o.Grace = 30 * time.Second
+	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = 10000
+	}
+	return o
 }
 
 // Store keeps streams.
@@ -61,10 +82,17 @@ type Store interface {
 	// Read opens a cursor on stream id that yields the events after the
 	// first `after` (0: from the start), then follows the stream until it
 	// ends. Errors: ErrNotFound, ErrDropped. The cursor counts as an
-	// attached client until Close.
+	// attached client until Close. An `after` past the last event of a
+	// stream that ended gives a cursor at its end (io.EOF at once); of a
+	// live one, a cursor that waits for event after+1.
 	Read(ctx context.Context, id string, after int) (Cursor, error)
+	// Meta is stream id's, without attaching to it: for the owner check
+	// of a request that needs no events (a cancel), or of one that Read
+	// refuses (ErrDropped). ErrNotFound if there is no such stream.
+	Meta(ctx context.Context, id string) (Meta, error)
 	// Cancel cancels a live stream wherever it runs: its Log's Abandoned
-	// fires with ErrCancelled. ErrNotFound if there is no such stream.
+	// fires with ErrCancelled. ErrNotFound if there is no such stream; nil,
+	// doing nothing, if it has ended.
 	Cancel(ctx context.Context, id string) error
 	// Close lets go of the store's resources (connections, goroutines).
 	Close() error
@@ -76,13 +104,20 @@ var ErrCancelled = errors.New("resume: stream cancelled by its client")
 // ErrUnattended is the cause of Abandoned after grace with nobody attached.
 var ErrUnattended = errors.New("resume: nobody attached for the grace period")
 
-// Log is the writing end of a stream.
+// Log is the writing end of a stream, used by one goroutine. Its writer
+// must End every stream it created, abandoned or not: a stream that never
+// ends is never forgotten.
 type Log interface {
-	// Append adds the next event (numbered from 1). It never blocks on
-	// readers; past MaxBytes the oldest events are dropped.
+	// Append adds the next event (numbered from 1), copying it. It never
+	// blocks on readers; past MaxBytes the oldest events are dropped.
+	// ErrEnded after End. The Redis store's fails only as the memory
+	// store's does: a failure to copy an event to Redis is logged, and ends
+	// the stream's sharing with other instances, not the stream.
 	Append(event []byte) error
 	// End ends the stream in state (Done, Failed or Cancelled); it is
-	// kept TTL longer for resumes.
+	// kept TTL longer for resumes. ErrEnded the second time. An error of
+	// the Redis store's means only that other instances may not see the
+	// end: the stream has ended all the same.
 	End(state State) error
 	// Abandoned is closed when the stream should stop: cancelled by a
 	// client, or nobody attached for Grace. Cause tells which.
@@ -96,9 +131,12 @@ type Log interface {
 type Cursor interface {
 	// Meta is the stream's.
 	Meta() Meta
-	// Next returns event n+1 (its number with it). At the stream's end it
-	// returns the final state and io.EOF; ErrBehind if the reader fell too
-	// far behind; ctx's error when ctx ends.
+	// Next returns event n+1 (its number with it); the caller must not
+	// change the event. At the stream's end it returns io.EOF (and State
+	// the final state); ErrBehind if the reader fell too far behind; ctx's
+	// error when ctx ends; ErrClosed when the store closes; in Redis,
+	// ErrNotFound when the stream's keys expired under a cursor (its
+	// producer died), or the store's own error.
 	Next(ctx context.Context) (event []byte, n int, err error)
 	// State is the stream's final state once Next returned io.EOF.
 	State() State

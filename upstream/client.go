@@ -45,8 +45,11 @@ func (c *Client) Open(parent context.Context, req *Request) (*Stream, error) {
 	s := c.newStream(parent)
 	s.reqBody = &requestBody{b: req.Body}
 	s.api = req.API
-	if req.API == Responses {
+	switch req.API {
+	case Responses:
 		s.responses = new(ResponsesParser)
+	case Messages:
+		s.messages = new(MessagesParser)
 	}
 	hr, err := c.newAPIRequest(s.ctx, req, s.reqBody)
 	if err != nil {
@@ -229,6 +232,11 @@ func (c *Client) newAPIRequest(ctx context.Context, req *Request, body *requestB
 	hr, err := c.newRequest(ctx, method, path, rd)
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range req.Header {
+		if _, set := c.Header[k]; !set { // header_up is the operator's word
+			hr.Header[k] = v
+		}
 	}
 	hr.URL.RawQuery = joinQuery(hr.URL.RawQuery, req.Query)
 	hr.ContentLength, hr.GetBody = int64(len(req.Body)), body.open

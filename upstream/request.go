@@ -22,6 +22,9 @@ type Request struct {
 	// Query is passed on as the client sent it, after any query the base
 	// URL has: GET responses/{id}?stream=true&starting_after=3.
 	Query string
+	// Header holds client headers that go along (a Messages request's
+	// anthropic-version and anthropic-beta), unless header_up sets them.
+	Header http.Header
 
 	// Body is the JSON to send.
 	Body []byte
@@ -157,6 +160,28 @@ func (l *Limits) FromJSON(body []byte, forceStream bool, defaultModel string) (*
 	}
 	req.Body = b
 	return req, nil
+}
+
+// setBody reads the stream flag of a body forwarded as the client wrote
+// it (a Responses or Messages request), forces it on with forceStream, and
+// sets req.Body: the client's own, or fields written anew when they
+// changed.
+func (req *Request) setBody(body []byte, fields map[string]json.RawMessage, forceStream, changed bool) error {
+	if s, ok := fields["stream"]; ok && isSet(s) {
+		if json.Unmarshal(s, &req.Stream) != nil {
+			return badRequest("stream must be a boolean")
+		}
+	}
+	if forceStream && !req.Stream {
+		req.Stream = true
+		fields["stream"] = json.RawMessage("true")
+		changed = true
+	}
+	req.Body = body
+	if changed {
+		req.Body = mustJSON(fields)
+	}
+	return nil
 }
 
 // bodyFields decodes a client's body, which must be one JSON object.

@@ -52,7 +52,7 @@ type ResponsesParser struct {
 // responseEvent is the top level of an event: what the proxy reads of it,
 // as raw values in the chunk's copy of the data.
 type responseEvent struct {
-	typ, delta, outputIndex, item, response, code, message, err json.RawMessage
+	delta, outputIndex, item, response, code, message, err json.RawMessage
 }
 
 // Parse decodes one event's data into c. sseType is the event's "event:"
@@ -61,44 +61,9 @@ type responseEvent struct {
 // object is an error: in an event typed error, the upstream's failure as a
 // *chunk.Error, since the event has no data to relay.
 func (rp *ResponsesParser) Parse(sseType, data []byte, c *chunk.Chunk) error {
-	c.Raw = append(c.Raw[:0], data...)
-	rp.out = rp.out[:0]
 	var ev responseEvent
-	if err := rp.event(c.Raw, &ev); err != nil {
-		if string(sseType) == "error" {
-			return parseError(c.Raw)
-		}
-		return fmt.Errorf("decoding upstream event: %w", err)
-	}
-	typ := sseType
-	if t, ok := unquote(ev.typ); ok {
-		typ = t
-	}
-	var err error
-	switch string(typ) {
-	case "response.output_text.delta":
-		c.Content = nonEmptyString(ev.delta)
-	case "response.reasoning_summary_text.delta", "response.reasoning_text.delta":
-		c.Reasoning = nonEmptyString(ev.delta)
-	case "response.output_item.added":
-		err = rp.itemAdded(ev.item, ev.outputIndex, c)
-	case "response.function_call_arguments.delta":
-		rp.arguments(ev.outputIndex, ev.delta, c)
-	case "response.created", "response.in_progress", "response.queued", "response.completed",
-		"response.failed", "response.incomplete":
-		err = rp.response(typ, ev.response, c)
-	case "error":
-		c.Err = errorEvent(&ev)
-	}
-	return err
-}
-
-// event walks the top level of data, which must be one JSON object.
-func (rp *ResponsesParser) event(data []byte, ev *responseEvent) error {
-	err := rp.object(data, func(name []byte, v json.RawMessage) {
+	typ, err := rp.typedEvent(sseType, data, c, func(name []byte, v json.RawMessage) {
 		switch string(name) { // no allocation: the compiler compares in place
-		case "type":
-			ev.typ = v
 		case "delta":
 			ev.delta = v
 		case "output_index":
@@ -118,10 +83,55 @@ func (rp *ResponsesParser) event(data []byte, ev *responseEvent) error {
 	if err != nil {
 		return err
 	}
-	if _, err := rp.p.dec.ReadToken(); err != jsontextEOF {
-		return errors.New("data after the JSON object")
+	switch string(typ) {
+	case "response.output_text.delta":
+		c.Content = nonEmptyString(ev.delta)
+	case "response.reasoning_summary_text.delta", "response.reasoning_text.delta":
+		c.Reasoning = nonEmptyString(ev.delta)
+	case "response.output_item.added":
+		err = rp.itemAdded(ev.item, ev.outputIndex, c)
+	case "response.function_call_arguments.delta":
+		rp.arguments(ev.outputIndex, ev.delta, c)
+	case "response.created", "response.in_progress", "response.queued", "response.completed",
+		"response.failed", "response.incomplete":
+		err = rp.response(typ, ev.response, c)
+	case "error":
+		c.Err = errorEvent(&ev)
 	}
-	return nil
+	return err
+}
+
+// typedEvent starts decoding one typed event's data into c (a Responses
+// or a Messages event): it copies the data, walks its top level, which must
+// be one JSON object, calling member with each member's value, and returns
+// the event's type: the data's, else sseType. Data that is no JSON object
+// is an error, and in an event typed error the upstream's failure as a
+// *chunk.Error, since the event has no data to relay.
+func (rp *ResponsesParser) typedEvent(sseType, data []byte, c *chunk.Chunk, member func(name []byte, v json.RawMessage)) ([]byte, error) {
+	c.Raw = append(c.Raw[:0], data...)
+	rp.out = rp.out[:0]
+	var typ json.RawMessage
+	err := rp.object(c.Raw, func(name []byte, v json.RawMessage) {
+		if string(name) == "type" {
+			typ = v
+		}
+		member(name, v)
+	})
+	if err == nil {
+		if _, end := rp.p.dec.ReadToken(); end != jsontextEOF {
+			err = errors.New("data after the JSON object")
+		}
+	}
+	if err != nil {
+		if string(sseType) == "error" {
+			return nil, parseError(c.Raw)
+		}
+		return nil, fmt.Errorf("decoding upstream event: %w", err)
+	}
+	if t, ok := unquote(typ); ok {
+		return t, nil
+	}
+	return sseType, nil
 }
 
 // object walks the members of the object v (the event, or a value within
@@ -431,43 +441,24 @@ func ParseResponse(body []byte, c *chunk.Chunk) error {
 			return err
 		}
 	}
-	var text, reasoning []byte
-	var calls []byte
-	n := 0
+	var w wholeAnswer
 	for _, o := range r.Output {
 		switch o.Type {
 		case "message":
 			for _, part := range o.Content {
 				if part.Type == "output_text" {
-					text = append(text, part.Text...)
+					w.text = append(w.text, part.Text...)
 				}
 			}
 		case "reasoning":
 			for _, s := range o.Summary {
-				reasoning = append(reasoning, s.Text...)
+				w.reasoning = append(w.reasoning, s.Text...)
 			}
 		case "function_call":
-			if n > 0 {
-				calls = append(calls, ',')
-			}
-			call := map[string]any{"index": n, "type": "function",
-				"function": map[string]json.RawMessage{"name": orEmpty(o.Name), "arguments": orEmpty(o.Arguments)}}
-			if isSet(o.CallID) {
-				call["id"] = o.CallID
-			}
-			calls = append(calls, mustJSON(call)...)
-			n++
+			w.call(o.CallID, o.Name, o.Arguments)
 		}
 	}
-	if len(text) > 0 {
-		c.Content = mustJSON(string(text))
-	}
-	if len(reasoning) > 0 {
-		c.Reasoning = mustJSON(string(reasoning))
-	}
-	if n > 0 {
-		c.ToolCalls = append(append([]byte{'['}, calls...), ']')
-	}
+	w.fill(c)
 	switch r.Status {
 	case "failed":
 		c.Err = &chunk.Error{Message: "upstream response failed", Type: chunk.TypeUpstream}
@@ -478,7 +469,7 @@ func ParseResponse(body []byte, c *chunk.Chunk) error {
 		c.Err = rp.incomplete(r.Details)
 	default:
 		c.FinishReason = "stop"
-		if n > 0 {
+		if w.calls > 0 {
 			c.FinishReason = "tool_calls"
 		}
 	}

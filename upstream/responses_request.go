@@ -39,20 +39,8 @@ func (l *Limits) FromResponsesJSON(body []byte, forceStream bool, defaultModel s
 	if err := l.capTokensOf(responsesTokenFields, fields, req); err != nil {
 		return nil, err
 	}
-	changed = changed || l.MaxTokens > 0
-	if s, ok := fields["stream"]; ok && isSet(s) {
-		if json.Unmarshal(s, &req.Stream) != nil {
-			return nil, badRequest("stream must be a boolean")
-		}
-	}
-	if forceStream && !req.Stream {
-		req.Stream = true
-		fields["stream"] = json.RawMessage("true")
-		changed = true
-	}
-	req.Body = body
-	if changed {
-		req.Body = mustJSON(fields)
+	if err := req.setBody(body, fields, forceStream, changed || l.MaxTokens > 0); err != nil {
+		return nil, err
 	}
 	return req, nil
 }

@@ -33,6 +33,8 @@ type Stream struct {
 	api    API
 	// responses decodes a Responses API stream (nil for chat).
 	responses *ResponsesParser
+	// messages decodes a Messages API stream (nil for the others).
+	messages *MessagesParser
 	// failed is a Responses failure event's error: the event goes out as
 	// a chunk first, for the framing that relays events, and the next
 	// call to Next returns it.
@@ -92,8 +94,19 @@ func (s *Stream) readWhole(parent context.Context) error {
 
 // wholeError is the error a whole body is instead of an answer, nil if it
 // is an answer. A Response object is one even when it failed: a client
-// that retrieves a failed response gets it as it is.
+// that retrieves a failed response gets it as it is. A Message is an
+// answer, Anthropic's {"type":"error",...} is not.
 func (s *Stream) wholeError() *chunk.Error {
+	if s.api == Messages {
+		var m struct {
+			Type  string          `json:"type"`
+			Error json.RawMessage `json:"error"`
+		}
+		if json.Unmarshal(s.whole, &m) != nil {
+			return nil
+		}
+		return messageBodyError(m.Type, m.Error)
+	}
 	if s.api == Responses {
 		var r struct {
 			Object string          `json:"object"`
@@ -169,6 +182,9 @@ func (s *Stream) Next(c *chunk.Chunk) error {
 		if s.responses != nil {
 			return s.nextResponse(ev.Type, data, c)
 		}
+		if s.messages != nil {
+			return s.nextMessage(ev.Type, data, c)
+		}
 		if bytes.Equal(ev.Type, errorType) {
 			c.Err = ErrorEvent(data) // a failure, whatever its data says
 			return c.Err
@@ -216,9 +232,12 @@ func (s *Stream) nextResponse(typ, data []byte, c *chunk.Chunk) error {
 	return nil
 }
 
-// DecodeWhole decodes the whole body (Whole) into c: a chat.completion, or
-// a Response.
+// DecodeWhole decodes the whole body (Whole) into c: a chat.completion, a
+// Response, or a Message.
 func (s *Stream) DecodeWhole(c *chunk.Chunk) error {
+	if s.api == Messages {
+		return ParseMessage(s.whole, c)
+	}
 	if s.api == Responses {
 		return ParseResponse(s.whole, c)
 	}
