@@ -198,6 +198,7 @@ const reconnecting = "Connection lost; reconnecting…"
 //
 //	break    the connection breaks after every 4 events; resumes go on
 //	overlap  like break, but a resume starts again at the event the client has (sse)
+//	busy     like break, but the first resume is rate limited for a second
 //	gone     the connection breaks after 3 events; the stream is unknown on resume
 //	trimmed  the same, but the events missed are no longer kept (409)
 //	endless  an event every 50ms until the client leaves or cancels
@@ -206,6 +207,7 @@ type scriptedResume struct {
 	resumes []string // the Last-Event-ID of each resume, as received
 	deletes []string // the X-Stream-ID of each DELETE
 	cancel  map[string]chan struct{}
+	limited map[string]bool // the busy streams whose resume was refused once
 }
 
 var scriptedWords = strings.Fields("one two three four five six seven eight nine ten")
@@ -256,6 +258,13 @@ func (s *scriptedResume) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if script == "overlap" && from > 0 {
 			from--
 		}
+		if script == "busy" && s.limitOnce(id) {
+			w.Header().Set("Retry-After", "1")
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusTooManyRequests)
+			io.WriteString(w, `{"error":{"message":"slow down","type":"rate_limit_error","code":null}}`)
+			return
+		}
 	}
 	cancelled := make(chan struct{})
 	if script == "endless" {
@@ -276,7 +285,7 @@ func (s *scriptedResume) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, s)
 		w.(http.Flusher).Flush()
 	}
-	breakAfter := map[string]int{"break": 4, "overlap": 4, "gone": 3, "trimmed": 3}[script]
+	breakAfter := map[string]int{"break": 4, "overlap": 4, "busy": 4, "gone": 3, "trimmed": 3}[script]
 	for n, sent := from+1, 0; ; n, sent = n+1, sent+1 {
 		if breakAfter > 0 && sent == breakAfter {
 			if format == "ndjson" {
@@ -314,6 +323,18 @@ func (s *scriptedResume) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// limitOnce tells whether to refuse a resume of stream id: the first time.
+func (s *scriptedResume) limitOnce(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.limited == nil {
+		s.limited = map[string]bool{}
+	}
+	first := !s.limited[id]
+	s.limited[id] = true
+	return first
+}
+
 func (s *scriptedResume) seen() (resumes, deletes []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -345,7 +366,7 @@ func TestBrowserResumeScripted(t *testing.T) {
 
 	scripts := []struct {
 		script, transport string
-	}{{"break", "sse"}, {"break", "ndjson"}, {"overlap", "sse"}}
+	}{{"break", "sse"}, {"break", "ndjson"}, {"overlap", "sse"}, {"busy", "ndjson"}}
 	for _, sc := range scripts {
 		t.Run(sc.script+"/"+sc.transport, func(t *testing.T) {
 			p.t = t
