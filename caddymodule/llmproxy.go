@@ -537,7 +537,7 @@ func (h *LLMProxy) startStream(w http.ResponseWriter, r *http.Request, req *upst
 	if rec.streamID != "" {
 		// A resumable stream is written to its log, not to a client:
 		// the clients that read it keep their own time and heartbeats.
-		fw.StreamID, fw.NumberEvents = rec.streamID, true
+		fw.StreamID, fw.NumberEvents, fw.Retry = rec.streamID, true, resumeRetry
 		return fw, fw.Close
 	}
 	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && h.writeTimeout > 0 {

@@ -56,6 +56,10 @@ const (
 	// resumeFirstWait is how long a resume waits for its first event
 	// before its headers go out: an ended stream is answered 204.
 	resumeFirstWait = time.Second
+	// resumeRetry is how long an EventSource waits before it reconnects
+	// to a resumable stream (the SSE retry field; browsers wait 3s
+	// without it).
+	resumeRetry = time.Second
 )
 
 // resumeStores keeps each configuration's store across config reloads, so

@@ -264,7 +264,7 @@ func readEvent(br *bufio.Reader) (string, error) {
 			return "", err
 		}
 		line = strings.TrimRight(line, "\n")
-		if line == "" || strings.HasPrefix(line, ":") || strings.HasPrefix(line, "id:") {
+		if line == "" || strings.HasPrefix(line, ":") || strings.HasPrefix(line, "id:") || strings.HasPrefix(line, "retry:") {
 			continue
 		}
 		return line, nil

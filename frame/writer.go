@@ -61,6 +61,10 @@ type Writer struct {
 	// that reconnects tells how far it got. Heartbeats are not counted.
 	NumberEvents bool
 	frames       int64 // sent, for NumberEvents
+	// Retry, with NumberEvents, is sent with the first event as the SSE
+	// retry field: how long an EventSource waits before it reconnects
+	// (3s in browsers without it).
+	Retry time.Duration
 
 	// TypedEvents makes the openai framing relay a Responses API stream as
 	// the upstream sent it: each chunk is its event, the "event:" line and
@@ -151,6 +155,11 @@ func (fw *Writer) appendID(b []byte) ([]byte, bool) {
 		return b, false
 	}
 	if fw.NumberEvents {
+		if fw.frames == 0 && fw.Retry > 0 {
+			b = append(b, "retry: "...)
+			b = strconv.AppendInt(b, fw.Retry.Milliseconds(), 10)
+			b = append(b, '\n')
+		}
 		b = append(b, "id: "...)
 		b = append(append(b, fw.StreamID...), '.')
 		b = strconv.AppendInt(b, fw.frames+1, 10)

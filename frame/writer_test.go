@@ -467,7 +467,7 @@ func TestWriterNumberEvents(t *testing.T) {
 	for _, f := range []Format{OpenAI, SSE, NDJSON} {
 		rec := new(recorder)
 		fw := NewWriter(rec, rec.Flush, f)
-		fw.StreamID, fw.NumberEvents = "s", true
+		fw.StreamID, fw.NumberEvents, fw.Retry = "s", true, 1500*time.Millisecond
 		c := chunk.Chunk{Raw: []byte(`{"choices":[{"index":0,"delta":{"content":"a"}}]}`), Content: []byte(`"a"`), HasChoices: true}
 		if err := fw.Chunk(&c); err != nil {
 			t.Fatal(err)
@@ -492,7 +492,7 @@ func TestWriterNumberEvents(t *testing.T) {
 				t.Errorf("ndjson carries ids: %q", out)
 			}
 		default:
-			if ids != 3 || !strings.Contains(out, "id: s.1\n") || !strings.Contains(out, ": keepalive\nid: s.2\n") || !strings.Contains(out, "id: s.3\n") {
+			if ids != 3 || !strings.HasPrefix(out, "retry: 1500\nid: s.1\n") || strings.Count(out, "retry:") != 1 || !strings.Contains(out, ": keepalive\nid: s.2\n") || !strings.Contains(out, "id: s.3\n") {
 				t.Errorf("%s: %q", f, out)
 			}
 		}
