@@ -325,7 +325,8 @@ func hostileIDs(id string, last int) []struct {
 	}
 }
 
-// TestResumeHostile: Last-Event-IDs a client makes up, another client's
+// TestResumeHostile: Last-Event-IDs a client makes up (for an sse stream,
+// which counts events, and a text one, which counts bytes), another client's
 // stream with and without anyone_with_id, and DELETEs without a stream or
 // of another's, each get its documented answer in OpenAI's shape (204 to
 // an EventSource, which stops it), never a 500 or a hang, and never start
@@ -346,21 +347,34 @@ func TestResumeHostile(t *testing.T) {
 			if id == "" || len(all) != 6 {
 				t.Fatalf("stream %q: %d events, want 5 and the done", id, len(all))
 			}
+			// A text stream counts bytes: its last is the length of its body.
+			resp = get(t, chat+"&format=text", "X-User", "alice")
+			textID := resp.Header.Get("X-Stream-ID")
+			body, err := io.ReadAll(resp.Body)
+			if textID == "" || err != nil || string(body) != words(1, 5) {
+				t.Fatalf("text stream %q: %q, %v", textID, body, err)
+			}
 
-			for _, h := range hostileIDs(id, 6) {
-				resp := get(t, chat, "X-User", "alice", "Accept", "text/event-stream", "Last-Event-ID", h.value)
-				if resp.StatusCode != http.StatusNoContent {
-					body, _ := io.ReadAll(resp.Body)
-					t.Errorf("%s, from an EventSource: %s %q, want 204", h.name, resp.Status, body)
-				}
-				resp = get(t, chat+"&format=ndjson", "X-User", "alice", "Last-Event-ID", h.value)
-				switch {
-				case !h.refused && resp.StatusCode != http.StatusNoContent:
-					body, _ := io.ReadAll(resp.Body)
-					t.Errorf("%s, from fetch: %s %q, want 204", h.name, resp.Status, body)
-				case h.refused:
-					if st, typ, code := openAIError(t, h.name, resp); st != http.StatusNotFound || typ != "invalid_request_error" || code != "stream_not_found" {
-						t.Errorf("%s, from fetch: %d %s %s, want 404 invalid_request_error stream_not_found", h.name, st, typ, code)
+			for _, s := range []struct {
+				name, id string
+				last     int
+			}{{"sse", id, 6}, {"text", textID, len(body)}} {
+				for _, h := range hostileIDs(s.id, s.last) {
+					what := s.name + " stream, " + h.name
+					resp := get(t, chat, "X-User", "alice", "Accept", "text/event-stream", "Last-Event-ID", h.value)
+					if resp.StatusCode != http.StatusNoContent {
+						body, _ := io.ReadAll(resp.Body)
+						t.Errorf("%s, from an EventSource: %s %q, want 204", what, resp.Status, body)
+					}
+					resp = get(t, chat+"&format=ndjson", "X-User", "alice", "Last-Event-ID", h.value)
+					switch {
+					case !h.refused && resp.StatusCode != http.StatusNoContent:
+						body, _ := io.ReadAll(resp.Body)
+						t.Errorf("%s, from fetch: %s %q, want 204", what, resp.Status, body)
+					case h.refused:
+						if st, typ, code := openAIError(t, what, resp); st != http.StatusNotFound || typ != "invalid_request_error" || code != "stream_not_found" {
+							t.Errorf("%s, from fetch: %d %s %s, want 404 invalid_request_error stream_not_found", what, st, typ, code)
+						}
 					}
 				}
 			}
@@ -397,8 +411,8 @@ func TestResumeHostile(t *testing.T) {
 				t.Errorf("another client's DELETE: %d %s, want 403 stream_forbidden", st, code)
 			}
 
-			if n := up.requests.Load(); n != 1 {
-				t.Errorf("the upstream was asked %d times, want once: a resume started the stream again", n)
+			if n := up.requests.Load(); n != 2 {
+				t.Errorf("the upstream was asked %d times, want twice (the two streams): a resume started a stream again", n)
 			}
 			if strings.Contains(c.Log.String(), `"status":500`) || strings.Contains(c.Log.String(), "panic") {
 				t.Errorf("caddy answered 500 or panicked:\n%s", c.Log.String())
