@@ -24,23 +24,24 @@ import (
 // resumes a hostile client makes up.
 
 // cutProxy forwards TCP connections to an address, and cuts each of the
-// first cuts connections after after bytes of the answer, headers and all,
-// as a phone that changes networks would. It keeps what each client sent.
+// first cuts connections, as a phone that changes networks would: after
+// after bytes of the answer (headers and all), or within a time of it
+// opening (of a compressed answer, whose bytes say little of its events).
+// It keeps what went each way.
 type cutProxy struct {
-	URL   string // http://127.0.0.1:<port>
-	mu    sync.Mutex
-	sent  []*syncBuffer // per connection, what the client sent
-	cuts  int
-	after int64
+	URL      string // http://127.0.0.1:<port>
+	mu       sync.Mutex
+	sent     []*syncBuffer // per connection, what the client sent
+	answered []*syncBuffer // and what it was sent
 }
 
-func newCutProxy(t *testing.T, target string, cuts int, after int64) *cutProxy {
+func newCutProxy(t *testing.T, target string, cuts int, after int64, within time.Duration) *cutProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{URL: "http://" + ln.Addr().String(), cuts: cuts, after: after}
+	p := &cutProxy{URL: "http://" + ln.Addr().String()}
 	var wg sync.WaitGroup
 	var conns sync.Map
 	t.Cleanup(func() {
@@ -64,9 +65,9 @@ func newCutProxy(t *testing.T, target string, cuts int, after int64) *cutProxy {
 			conns.Store(client, nil)
 			conns.Store(server, nil)
 			p.mu.Lock()
-			sent := &syncBuffer{}
-			p.sent = append(p.sent, sent)
-			cut := len(p.sent) <= p.cuts
+			sent, answered := &syncBuffer{}, &syncBuffer{}
+			p.sent, p.answered = append(p.sent, sent), append(p.answered, answered)
+			cut := len(p.sent) <= cuts
 			p.mu.Unlock()
 			wg.Add(2)
 			go func() {
@@ -76,10 +77,16 @@ func newCutProxy(t *testing.T, target string, cuts int, after int64) *cutProxy {
 			}()
 			go func() {
 				defer wg.Done()
-				if cut {
-					_, _ = io.CopyN(client, server, p.after)
-				} else {
-					_, _ = io.Copy(client, server)
+				to := io.MultiWriter(client, answered)
+				switch {
+				case cut && within > 0:
+					timer := time.AfterFunc(within, func() { client.Close(); server.Close() })
+					defer timer.Stop()
+					_, _ = io.Copy(to, server)
+				case cut:
+					_, _ = io.CopyN(to, server, after)
+				default:
+					_, _ = io.Copy(to, server)
 				}
 				client.Close()
 				server.Close()
@@ -107,20 +114,25 @@ func (p *cutProxy) lastEventIDs() []string {
 
 // TestResumeEventSourceNode runs e2e/node/resume_eventsource.test.mjs: the
 // eventsource package reads a stream of 40 events through a proxy that
-// cuts its first two connections after 700 bytes, and reconnects by itself
-// with Last-Event-ID, once while the stream is live and once after it
-// ended. It assembles the reply exactly, and the upstream was asked once.
+// cuts its first two connections (after 700 bytes, or gzipped, after a
+// second), and reconnects by itself with Last-Event-ID, once while the
+// stream is live and once after it ended. It assembles the reply exactly,
+// and the upstream was asked once.
 func TestResumeEventSourceNode(t *testing.T) {
 	for _, tc := range []struct {
-		framing, path string
-		last          int // the done's number
+		name, path string
+		framing    string
+		last       int // the done's number
+		encode     string
 	}{
-		{"sse", "/chat?prompt=hi", 41},
-		{"openai", "/v1/chat/completions?prompt=hi", 42}, // the finish_reason chunk, then [DONE]
+		{"sse", "/chat?prompt=hi", "sse", 41, ""},
+		{"openai", "/v1/chat/completions?prompt=hi", "openai", 42, ""}, // the finish_reason chunk, then [DONE]
+		{"sse gzipped", "/chat?prompt=hi", "sse", 41, "encode gzip"},
 	} {
-		t.Run(tc.framing, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			up := newCountedUpstream(t, 40, 200*time.Millisecond)
 			c := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	%s
 	llm_proxy /chat %s {
 		format sse
 		resume 1m
@@ -129,8 +141,13 @@ func TestResumeEventSourceNode(t *testing.T) {
 		resume 1m
 	}
 }
-`, up.URL, up.URL))
-			cp := newCutProxy(t, strings.TrimPrefix(c.URL, "http://"), 2, 700)
+`, tc.encode, up.URL, up.URL))
+			var cp *cutProxy
+			if tc.encode == "" {
+				cp = newCutProxy(t, strings.TrimPrefix(c.URL, "http://"), 2, 700, 0)
+			} else {
+				cp = newCutProxy(t, strings.TrimPrefix(c.URL, "http://"), 2, 0, time.Second)
+			}
 			nodeTest(t, "resume_eventsource.test.mjs", c, "RESUME_URL="+cp.URL+tc.path,
 				"RESUME_FRAMING="+tc.framing, "RESUME_WANT="+words(1, 40))
 			if n := up.requests.Load(); n != 1 {
@@ -150,6 +167,10 @@ func TestResumeEventSourceNode(t *testing.T) {
 					t.Fatalf("Last-Event-IDs sent: %q, not increasing", ids)
 				}
 				prev = n
+			}
+			head := strings.ToLower(cp.answered[1].String())
+			if gz := strings.Contains(head, "\r\ncontent-encoding: gzip\r\n"); gz != (tc.encode != "") {
+				t.Errorf("the resume's answer gzipped: %v, want %v", gz, tc.encode != "")
 			}
 		})
 	}
