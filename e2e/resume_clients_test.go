@@ -262,25 +262,26 @@ func checkNumbered(t *testing.T, what string, resp *http.Response) {
 
 // TestResumeFetchNode runs e2e/node/resume_fetch.test.mjs: plain fetch
 // reads 3 lines of an ndjson stream, or the bytes of a text one up to the
-// middle of a character, aborts, and resumes with Last-Event-ID. The
-// simulator's 100ms between chunks keeps the streams live when resumed.
-// Two streams are started, and resumed twice each (the rest, then 204):
-// the upstream is asked for the two streams only.
+// middle of a character, aborts, and resumes with Last-Event-ID (ndjson by
+// GET and by POST with another prompt). The simulator's 100ms between
+// chunks keeps the streams live when resumed. Three streams are started,
+// and resumed twice each (the rest, then 204): the upstream is asked for
+// the three streams only.
 func TestResumeFetchNode(t *testing.T) {
 	c := resumeSimStack(t, "chunk_interval 100ms\n\t\tchunks 8")
 	nodeTest(t, "resume_fetch.test.mjs", c)
 	m := scrape(t, "http://"+c.Admin+"/metrics")
 	for _, want := range []string{
 		`caddy_llm_requests_total{`, // summed below
-		`caddy_llm_resumes_total{result="resumed"} 2`,
-		`caddy_llm_resumes_total{result="ended"} 2`,
+		`caddy_llm_resumes_total{result="resumed"} 3`,
+		`caddy_llm_resumes_total{result="ended"} 3`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	if n := metricSum(m, "caddy_llm_requests_total"); n != 2 {
-		t.Errorf("caddy_llm_requests_total sums to %v, want 2 (one per stream, none per resume)", n)
+	if n := metricSum(m, "caddy_llm_requests_total"); n != 3 {
+		t.Errorf("caddy_llm_requests_total sums to %v, want 3 (one per stream, none per resume)", n)
 	}
 }
 

@@ -30,7 +30,18 @@ async function* lines(body) {
 	assert.equal(buf, '', 'the body ended inside a line');
 }
 
-test('ndjson: 3 lines, abort, resume at .3, the rest exactly once', async () => {
+// A resume is the request again, GET or POST: a POST's body is ignored,
+// another prompt too, and the stream's own rest comes back.
+const resumes = {
+	GET: (id, n) => fetch(`${chat}&format=ndjson`, { headers: { 'Last-Event-ID': `${id}.${n}` } }),
+	POST: (id, n) => fetch(`${new URL(chat).origin}/chat?format=ndjson`, {
+		method: 'POST',
+		headers: { 'Last-Event-ID': `${id}.${n}`, 'Content-Type': 'application/json' },
+		body: JSON.stringify({ messages: [{ role: 'user', content: 'something else entirely' }] }),
+	}),
+};
+
+for (const [method, resume] of Object.entries(resumes)) test(`ndjson: 3 lines, abort, resume at .3 (${method}), the rest exactly once`, async () => {
 	const ctl = new AbortController();
 	const first = await fetch(`${chat}&format=ndjson`, { signal: ctl.signal });
 	assert.equal(first.status, 200);
@@ -44,7 +55,7 @@ test('ndjson: 3 lines, abort, resume at .3, the rest exactly once', async () => 
 	ctl.abort();
 	assert.ok(!got.some((l) => l.done), 'the stream ended within 3 lines: nothing left to resume');
 
-	const rest = await fetch(`${chat}&format=ndjson`, { headers: { 'Last-Event-ID': `${id}.3` } });
+	const rest = await resume(id, 3);
 	assert.equal(rest.status, 200);
 	assert.equal(rest.headers.get('x-stream-id'), id);
 	assert.match(rest.headers.get('content-type'), /^application\/x-ndjson/);
@@ -56,7 +67,7 @@ test('ndjson: 3 lines, abort, resume at .3, the rest exactly once', async () => 
 	assert.ok(!got.some((l) => l.error), JSON.stringify(got));
 
 	// It has it all now: 204, and nothing starts again.
-	const again = await fetch(`${chat}&format=ndjson`, { headers: { 'Last-Event-ID': `${id}.${got.length}` } });
+	const again = await resume(id, got.length);
 	assert.equal(again.status, 204);
 });
 
