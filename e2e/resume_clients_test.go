@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmstream/caddy-llmstream/internal/redistest"
 	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
@@ -447,12 +448,27 @@ func TestResumeHostile(t *testing.T) {
 // 0 to 4, and two of them past its end (1000); five leave after one event.
 // Each of the others gets the events after its own, exactly once, then the
 // done (the two: nothing), and none is left hanging once the stream has
-// ended; afterwards Caddy's goroutines return to their baseline.
+// ended; afterwards Caddy's goroutines return to their baseline. On one
+// instance (the memory store), and on another than the stream's, which
+// follows it in Redis.
 func TestResumeFlood(t *testing.T) {
-	up := newCountedUpstream(t, 30, 100*time.Millisecond)
-	c := startCaddy(t, resumeSite(up.URL, "resume 1m"))
+	t.Run("memory", func(t *testing.T) {
+		up := newCountedUpstream(t, 30, 100*time.Millisecond)
+		c := startCaddy(t, resumeSite(up.URL, "resume 1m"))
+		flood(t, up, c, c)
+	})
+	t.Run("redis, another instance", func(t *testing.T) {
+		rs := redistest.Start(t)
+		up := newCountedUpstream(t, 30, 100*time.Millisecond)
+		site := resumeSite(up.URL, "resume 1m {\n\t\t\tstore redis redis://"+rs.Addr()+"\n\t\t}")
+		flood(t, up, startCaddy(t, site), startCaddy(t, site))
+	})
+}
+
+// flood starts streams of up on a and floods b with resumes of one.
+func flood(t *testing.T, up *countedUpstream, a, b *caddy) {
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	open := func(ctx context.Context, last string) (*http.Response, error) {
+	open := func(ctx context.Context, c *caddy, last string) (*http.Response, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+"/chat?prompt=hi", nil)
 		req.Header.Set("X-User", "alice")
 		if last != "" {
@@ -463,40 +479,46 @@ func TestResumeFlood(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 
-	// A whole stream first, so that what lives on between streams (the
-	// connection to the upstream) is in the baseline.
-	resp, err := open(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	base := settledGoroutines(t, c.Admin, 0)
-
-	resp, err = open(ctx, "")
+	// A whole stream first, resumed on b, so that what lives on between
+	// streams (connections to the upstream and to Redis) is in the baseline.
+	resp, err := open(ctx, a, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := resp.Header.Get("X-Stream-ID")
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp, err = open(ctx, b, id+".3"); err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	base := settledGoroutines(t, b.Admin, 0)
+
+	resp, err = open(ctx, a, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = resp.Header.Get("X-Stream-ID")
 	first := readEvents(bufio.NewReader(resp.Body), 4)
 	resp.Body.Close()
 	if id == "" || len(first) != 4 {
 		t.Fatalf("stream %q, first events %+v", id, first)
 	}
 
-	const flood = 50
+	const readers = 50
 	var wg sync.WaitGroup
-	errs := make(chan error, flood)
-	for i := range flood {
+	errs := make(chan error, readers)
+	for i := range readers {
 		after := i % 5
-		if i >= flood-2 {
+		if i >= readers-2 {
 			after = 1000
 		}
 		leaves := i%10 == 7
 		wg.Add(1)
 		go func(after int) {
 			defer wg.Done()
-			resp, err := open(ctx, fmt.Sprintf("%s.%d", id, after))
+			resp, err := open(ctx, b, fmt.Sprintf("%s.%d", id, after))
 			if err != nil {
 				errs <- err
 				return
@@ -549,7 +571,7 @@ func TestResumeFlood(t *testing.T) {
 	if n := up.requests.Load(); n != 2 {
 		t.Errorf("the upstream was asked %d times, want 2 (the two streams)", n)
 	}
-	settledGoroutines(t, c.Admin, base)
+	settledGoroutines(t, b.Admin, base)
 }
 
 // settledGoroutines waits for Caddy's goroutine count to settle, at or
