@@ -178,10 +178,11 @@ func TestResumeEventSourceNode(t *testing.T) {
 }
 
 // resumeSimStack starts caddy with llm_simulator on a port of its own and,
-// in front of it with `resume` on, llm_proxy for the whole of /v1/ (as the
-// SDKs' tests want it: heartbeats, the Anthropic key header, max_tokens
-// 2000) under `encode zstd gzip`, and /chat in the sse framing.
-func resumeSimStack(t *testing.T, simOpts string) *caddy {
+// in front of it with resume (`resume 1m`, or "" for none), llm_proxy for
+// the whole of /v1/ (as the SDKs' tests want it: heartbeats, the Anthropic
+// key header, max_tokens 2000) under `encode zstd gzip`, and /chat in the
+// sse framing.
+func resumeSimStack(t *testing.T, simOpts, resume string) *caddy {
 	t.Helper()
 	sim := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	return startCaddy(t, fmt.Sprintf(`http://%s {
@@ -198,36 +199,47 @@ http://127.0.0.1:{PORT} {
 		auth x-api-key
 		max_tokens 2000
 		heartbeat 20ms
-		resume 1m
+		%s
 	}
 	llm_proxy /chat {
 		to http://%s/v1
 		format sse
-		resume 1m
+		%s
 	}
 }
-`, sim, simOpts, sim, sim), withEnv("TEST_LLM_KEY="+testKey))
+`, sim, simOpts, sim, resume, sim, resume), withEnv("TEST_LLM_KEY="+testKey))
 }
 
 // TestResumeSDKsUnchanged runs the SDKs' own test files (the OpenAI Node
 // SDK's chat completions and Responses streams, the Vercel AI SDK's
 // openai.chat(model) and default openai(model), LangChain JS, the
-// Anthropic SDK's messages.stream) against a proxy with `resume` on: they
-// must pass as they do without it, with an ID on every event. The stack is
-// checked first to be resumable on each API, so a pass means something.
+// Anthropic SDK's messages.stream) against one proxy without `resume` and
+// with it: they must pass alike, with an ID on every event. Each stack is
+// checked first to be resumable on each API, or not, so a pass means
+// something.
 func TestResumeSDKsUnchanged(t *testing.T) {
-	c := resumeSimStack(t, "chunk_interval 5ms\n\t\tchunks 8")
-	for _, tc := range []struct{ path, body string }{
-		{"/v1/chat/completions", `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`},
-		{"/v1/responses", `{"model":"gpt-4o-mini","stream":true,"input":"hi"}`},
-		{"/v1/messages", `{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}`},
-	} {
-		resp := post(t, c.URL+tc.path, tc.body, "X-Api-Key", "client-key")
-		checkNumbered(t, tc.path, resp)
-	}
-	for _, file := range []string{"openai.test.mjs", "vercel_chat.test.mjs", "responses.test.mjs", "messages.test.mjs"} {
-		t.Run(file, func(t *testing.T) {
-			nodeTest(t, file, c, "NODE_OPTIONS=--experimental-websocket")
+	for _, resume := range []string{"", "resume 1m"} {
+		t.Run(fmt.Sprintf("resume=%q", resume), func(t *testing.T) {
+			c := resumeSimStack(t, "chunk_interval 5ms\n\t\tchunks 8", resume)
+			for _, tc := range []struct{ path, body string }{
+				{"/v1/chat/completions", `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`},
+				{"/v1/responses", `{"model":"gpt-4o-mini","stream":true,"input":"hi"}`},
+				{"/v1/messages", `{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}`},
+			} {
+				resp := post(t, c.URL+tc.path, tc.body, "X-Api-Key", "client-key")
+				if resume == "" {
+					if id := resp.Header.Get("X-Stream-ID"); resp.StatusCode != http.StatusOK || id != "" {
+						t.Fatalf("%s without resume: %s, X-Stream-ID %q", tc.path, resp.Status, id)
+					}
+					continue
+				}
+				checkNumbered(t, tc.path, resp)
+			}
+			for _, file := range []string{"openai.test.mjs", "vercel_chat.test.mjs", "responses.test.mjs", "messages.test.mjs"} {
+				t.Run(file, func(t *testing.T) {
+					nodeTest(t, file, c, "NODE_OPTIONS=--experimental-websocket")
+				})
+			}
 		})
 	}
 }
@@ -269,7 +281,7 @@ func checkNumbered(t *testing.T, what string, resp *http.Response) {
 // and resumed twice each (the rest, then 204): the upstream is asked for
 // the three streams only.
 func TestResumeFetchNode(t *testing.T) {
-	c := resumeSimStack(t, "chunk_interval 100ms\n\t\tchunks 8")
+	c := resumeSimStack(t, "chunk_interval 100ms\n\t\tchunks 8", "resume 1m")
 	nodeTest(t, "resume_fetch.test.mjs", c)
 	m := scrape(t, "http://"+c.Admin+"/metrics")
 	for _, want := range []string{
