@@ -348,6 +348,7 @@ func hostileIDs(id string, last int) []struct {
 		{"the last event", fmt.Sprintf("%s.%d", id, last), false},
 		{"past the last", fmt.Sprintf("%s.%d", id, last+1), false},
 		{"a million", id + ".1000000", false},
+		{"the largest int", id + ".9223372036854775807", false},
 		{"past int64", id + ".99999999999999999999", true},
 		{"negative", id + ".-1", true},
 		{"no dot", id, true},
@@ -612,5 +613,74 @@ func settledGoroutines(t *testing.T, admin string, want int) int {
 		}
 		prev = n
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestResumeRefusedHoldsNoGrace: a resume refused 403 (another client's
+// stream) must leave the stream as it was. With nobody of its own
+// connected, its upstream is cancelled grace after its client left,
+// however often a stranger asks for it in between.
+func TestResumeRefusedHoldsNoGrace(t *testing.T) {
+	up := newCountedUpstream(t, 1000, 20*time.Millisecond)
+	c := startCaddy(t, resumeSite(up.URL, "resume 1m {\n\t\t\tgrace 1s\n\t\t}"))
+	resp := get(t, c.URL+"/chat?prompt=hi", "X-User", "alice")
+	id := resp.Header.Get("X-Stream-ID")
+	readEvents(bufio.NewReader(resp.Body), 2)
+	left := time.Now()
+	resp.Body.Close()
+	for stranger := time.NewTicker(250 * time.Millisecond); ; {
+		select {
+		case at := <-up.cancelled:
+			stranger.Stop()
+			if d := at.Sub(left); d > 3*time.Second {
+				t.Errorf("the upstream was cancelled %v after its client left, with grace 1s", d)
+			}
+			return
+		case <-stranger.C:
+			if time.Since(left) > 6*time.Second {
+				t.Fatal("the upstream still runs 6s after its client left, with grace 1s: the refused resumes keep it going")
+			}
+			r := get(t, c.URL+"/chat?prompt=hi", "X-User", "mallory", "Last-Event-ID", id+".2")
+			r.Body.Close()
+			if r.StatusCode != http.StatusForbidden {
+				t.Fatalf("another client's resume: %s, want 403", r.Status)
+			}
+		}
+	}
+}
+
+// TestResumeMaxIntLiveRedis: a resume past the end of a live stream (n the
+// largest int) on another instance, over Redis, ends when the stream
+// does, with nothing sent, as a smaller n does.
+func TestResumeMaxIntLiveRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	up := newCountedUpstream(t, 20, 100*time.Millisecond)
+	site := resumeSite(up.URL, "resume 1m {\n\t\t\tstore redis redis://"+rs.Addr()+"\n\t\t}")
+	a, b := startCaddy(t, site), startCaddy(t, site)
+	resp := get(t, a.URL+"/chat?prompt=hi", "X-User", "alice")
+	id := resp.Header.Get("X-Stream-ID")
+	readEvents(bufio.NewReader(resp.Body), 2)
+	resp.Body.Close()
+	for _, n := range []string{"1000", "9223372036854775807"} {
+		t.Run(n, func(t *testing.T) {
+			t.Parallel() // both while the stream is live
+			ctx, cancel := context.WithTimeout(t.Context(), 12*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.URL+"/chat?prompt=hi&format=ndjson", nil)
+			req.Header.Set("X-User", "alice")
+			req.Header.Set("Last-Event-ID", id+"."+n)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			switch {
+			case err != nil:
+				t.Errorf("still open 12s on, a stream of 2s: %v", err)
+			case resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent, strings.TrimSpace(string(body)) != "":
+				t.Errorf("%s %q, want nothing", resp.Status, body)
+			}
+		})
 	}
 }
