@@ -148,8 +148,19 @@ func (h *LLMProxy) serveResume(w http.ResponseWriter, r *http.Request, lastID st
 		return h.noStream(w, r, resumeNotFound, http.StatusNotFound, "stream_not_found", "no such stream: it ended long ago, or never was")
 	}
 	store := h.Resume.store
-	cur, err := store.Read(r.Context(), id, n)
-	if err == nil && cur.Meta().Format == frame.Text.String() {
+	// Whose it is comes first: a stranger's resume must not attach to the
+	// stream, which would keep its upstream alive past its grace.
+	meta, err := store.Meta(r.Context(), id)
+	if err == nil && !h.Resume.AnyoneWithID && meta.Owner != h.streamOwner(r) {
+		resumeMetrics.resumes.WithLabelValues(resumeForbidden).Inc()
+		return h.reject(w, r, &chunk.Error{Status: http.StatusForbidden, Type: chunk.TypeInvalidRequest,
+			Code: quoted("stream_forbidden"), Message: "this stream belongs to another client"})
+	}
+	var cur resume.Cursor
+	if err == nil {
+		cur, err = store.Read(r.Context(), id, n)
+	}
+	if err == nil && meta.Format == frame.Text.String() {
 		// A text client counts bytes, not events: read from the start.
 		cur.Close()
 		cur, err = store.Read(r.Context(), id, 0)
@@ -162,12 +173,6 @@ func (h *LLMProxy) serveResume(w http.ResponseWriter, r *http.Request, lastID st
 		return h.noStream(w, r, resumeNotFound, http.StatusNotFound, "stream_not_found", "no such stream: it ended long ago, or never was")
 	}
 	defer cur.Close()
-	meta := cur.Meta()
-	if !h.Resume.AnyoneWithID && meta.Owner != h.streamOwner(r) {
-		resumeMetrics.resumes.WithLabelValues(resumeForbidden).Inc()
-		return h.reject(w, r, &chunk.Error{Status: http.StatusForbidden, Type: chunk.TypeInvalidRequest,
-			Code: quoted("stream_forbidden"), Message: "this stream belongs to another client"})
-	}
 	f, _ := frame.ParseFormat(meta.Format)
 	skip := 0
 	if f == frame.Text {
@@ -330,11 +335,19 @@ func parseEventID(s string) (id string, n int, ok bool) {
 		return "", 0, false
 	}
 	n, err := strconv.Atoi(num)
+	if errors.Is(err, strconv.ErrRange) && num[0] != '-' {
+		err, n = nil, maxEventNumber
+	}
 	if err != nil || n < 0 {
 		return "", 0, false
 	}
-	return id, n, true
+	// Past any stream's last event, and far from overflowing the next.
+	return id, min(n, maxEventNumber), true
 }
+
+// maxEventNumber bounds the n of Last-Event-ID: no stream has so many
+// events, and a store adds one to it.
+const maxEventNumber = 1 << 40
 
 func quoted(s string) []byte { return strconv.AppendQuote(nil, s) }
 

@@ -484,3 +484,30 @@ func TestResumeCancelOwner(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, func() bool { return up.cancelled.Load() == 1 })
 }
+
+// TestParseEventID: "<stream>.<n>", with an n past any stream's last event
+// saturated rather than overflowing the store's next event.
+func TestParseEventID(t *testing.T) {
+	for in, want := range map[string]struct {
+		id string
+		n  int
+		ok bool
+	}{
+		"abc.3":                        {"abc", 3, true},
+		"abc.0":                        {"abc", 0, true},
+		"abc.9223372036854775807":      {"abc", maxEventNumber, true},
+		"abc.99999999999999999999":     {"abc", maxEventNumber, true},
+		"abc.-1":                       {},
+		"abc.-99999999999999999999":    {},
+		"abc":                          {},
+		".3":                           {},
+		"abc.":                         {},
+		"abc.3.4":                      {},
+		strings.Repeat("a", 65) + ".1": {},
+	} {
+		id, n, ok := parseEventID(in)
+		if id != want.id || n != want.n || ok != want.ok {
+			t.Errorf("parseEventID(%.20q) = %q %d %v, want %q %d %v", in, id, n, ok, want.id, want.n, want.ok)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,143 +24,6 @@ import (
 // The chat page over resumable streams (docs/resume.md): a dropped
 // connection is picked up where it broke, on both transports, and Stop
 // cancels the stream on the server.
-
-// cutProxy is a TCP proxy between the browser and caddy that can drop every
-// connection at once, as a network that goes away does. DevTools' offline
-// emulation would not do: Chromium leaves the responses it is already
-// reading alone, and only fails new requests. It notes the Last-Event-ID
-// headers of the requests it relays.
-type cutProxy struct {
-	URL  string
-	ln   net.Listener
-	mu   sync.Mutex
-	down bool
-	open map[net.Conn]bool
-	ids  []string // Last-Event-ID headers seen
-}
-
-var lastEventIDHeader = regexp.MustCompile(`(?im)^last-event-id: *([^\r\n]*)\r\n`)
-
-// requests notes the Last-Event-ID headers of what a browser sends on one
-// connection, whichever pieces it comes in.
-type requests struct {
-	p   *cutProxy
-	buf []byte
-}
-
-func (r *requests) Write(b []byte) (int, error) {
-	r.buf = append(r.buf, b...)
-	for {
-		end := bytes.Index(r.buf, []byte("\r\n\r\n"))
-		if end < 0 {
-			break
-		}
-		for _, m := range lastEventIDHeader.FindAllSubmatch(r.buf[:end+2], -1) {
-			r.p.mu.Lock()
-			r.p.ids = append(r.p.ids, string(m[1]))
-			r.p.mu.Unlock()
-		}
-		r.buf = r.buf[end+4:] // the requests are GETs and DELETEs: no bodies
-	}
-	if len(r.buf) > 64<<10 {
-		r.buf = r.buf[:0]
-	}
-	return len(b), nil
-}
-
-// lastEventIDs returns the Last-Event-ID headers relayed so far.
-func (p *cutProxy) lastEventIDs() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]string(nil), p.ids...)
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{URL: "http://" + ln.Addr().String(), ln: ln, open: map[net.Conn]bool{}}
-	addr := strings.TrimPrefix(target, "http://")
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		p.setDown(true)
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.relay(c, addr)
-			}()
-		}
-	}()
-	return p
-}
-
-// track adds c to the open connections, or reports false while down.
-func (p *cutProxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.down {
-		return false
-	}
-	p.open[c] = true
-	return true
-}
-
-func (p *cutProxy) relay(c net.Conn, addr string) {
-	defer c.Close()
-	if !p.track(c) {
-		return
-	}
-	up, err := net.Dial("tcp", addr)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	if !p.track(up) {
-		return
-	}
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(io.MultiWriter(up, &requests{p: p}), c); done <- struct{}{} }()
-	go func() { io.Copy(c, up); done <- struct{}{} }()
-	<-done
-	c.Close()
-	up.Close()
-	<-done
-	p.mu.Lock()
-	delete(p.open, c)
-	delete(p.open, up)
-	p.mu.Unlock()
-}
-
-// setDown with true resets every open connection and closes new ones at
-// once until setDown(false).
-func (p *cutProxy) setDown(down bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = down
-	if !down {
-		return
-	}
-	for c := range p.open {
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0) // a reset, not a clean end
-		}
-		c.Close()
-		delete(p.open, c)
-	}
-}
 
 // statuses follows turn i until it is no longer streaming, and returns the
 // distinct status texts it showed meanwhile, and the final turn.

@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,95 +21,6 @@ import (
 // EventSource resuming by itself through connections that break, the
 // SDKs unchanged by the IDs on every event, fetch resuming by hand, and
 // resumes a hostile client makes up.
-
-// cutProxy forwards TCP connections to an address, and cuts each of the
-// first cuts connections, as a phone that changes networks would: after
-// after bytes of the answer (headers and all), or within a time of it
-// opening (of a compressed answer, whose bytes say little of its events).
-// It keeps what went each way.
-type cutProxy struct {
-	URL      string // http://127.0.0.1:<port>
-	mu       sync.Mutex
-	sent     []*syncBuffer // per connection, what the client sent
-	answered []*syncBuffer // and what it was sent
-}
-
-func newCutProxy(t *testing.T, target string, cuts int, after int64, within time.Duration) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{URL: "http://" + ln.Addr().String()}
-	var wg sync.WaitGroup
-	var conns sync.Map
-	t.Cleanup(func() {
-		ln.Close()
-		conns.Range(func(c, _ any) bool { c.(net.Conn).Close(); return true })
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("tcp", target)
-			if err != nil {
-				client.Close()
-				continue
-			}
-			conns.Store(client, nil)
-			conns.Store(server, nil)
-			p.mu.Lock()
-			sent, answered := &syncBuffer{}, &syncBuffer{}
-			p.sent, p.answered = append(p.sent, sent), append(p.answered, answered)
-			cut := len(p.sent) <= cuts
-			p.mu.Unlock()
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(io.MultiWriter(server, sent), client)
-				server.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				to := io.MultiWriter(client, answered)
-				switch {
-				case cut && within > 0:
-					timer := time.AfterFunc(within, func() { client.Close(); server.Close() })
-					defer timer.Stop()
-					_, _ = io.Copy(to, server)
-				case cut:
-					_, _ = io.CopyN(to, server, after)
-				default:
-					_, _ = io.Copy(to, server)
-				}
-				client.Close()
-				server.Close()
-			}()
-		}
-	}()
-	return p
-}
-
-var lastEventIDHeader = regexp.MustCompile(`(?im)^last-event-id: *(\S+)\r$`)
-
-// lastEventIDs are the Last-Event-IDs the clients sent, in the order of
-// their connections.
-func (p *cutProxy) lastEventIDs() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var ids []string
-	for _, s := range p.sent {
-		for _, m := range lastEventIDHeader.FindAllStringSubmatch(s.String(), -1) {
-			ids = append(ids, m[1])
-		}
-	}
-	return ids
-}
 
 // TestResumeEventSourceNode runs e2e/node/resume_eventsource.test.mjs: the
 // eventsource package reads a stream of 40 events through a proxy that
@@ -145,9 +54,11 @@ func TestResumeEventSourceNode(t *testing.T) {
 `, tc.encode, up.URL, up.URL))
 			var cp *cutProxy
 			if tc.encode == "" {
-				cp = newCutProxy(t, strings.TrimPrefix(c.URL, "http://"), 2, 700, 0)
+				cp = newCutProxy(t, c.URL)
+				cp.cutFirst(2, 700, 0)
 			} else {
-				cp = newCutProxy(t, strings.TrimPrefix(c.URL, "http://"), 2, 0, time.Second)
+				cp = newCutProxy(t, c.URL)
+				cp.cutFirst(2, 0, time.Second)
 			}
 			nodeTest(t, "resume_eventsource.test.mjs", c, "RESUME_URL="+cp.URL+tc.path,
 				"RESUME_FRAMING="+tc.framing, "RESUME_WANT="+words(1, 40))
@@ -264,7 +175,10 @@ func checkNumbered(t *testing.T, what string, resp *http.Response) {
 			continue
 		}
 		n++
-		if want := fmt.Sprintf("id: %s.%d", id, n); lines[0] != want {
+		if n == 1 && lines[0] == "retry: 1000" {
+			lines = lines[1:] // an EventSource reconnects after 1s
+		}
+		if want := fmt.Sprintf("id: %s.%d", id, n); len(lines) == 0 || lines[0] != want {
 			t.Fatalf("%s: event %d starts %q, want %q:\n%s", what, n, lines[0], want, raw)
 		}
 	}
@@ -349,7 +263,7 @@ func hostileIDs(id string, last int) []struct {
 		{"past the last", fmt.Sprintf("%s.%d", id, last+1), false},
 		{"a million", id + ".1000000", false},
 		{"the largest int", id + ".9223372036854775807", false},
-		{"past int64", id + ".99999999999999999999", true},
+		{"past int64", id + ".99999999999999999999", false},
 		{"negative", id + ".-1", true},
 		{"no dot", id, true},
 		{"no number", id + ".", true},
