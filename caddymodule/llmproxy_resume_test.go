@@ -4,13 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,85 +17,19 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+
+	"github.com/llmstream/caddy-llmstream/internal/ssetest"
 )
 
-// pacedUpstream streams n chunks "w1 " ... "wn ", one per gap, and counts
-// its requests and the ones whose client (the proxy) went away.
-type pacedUpstream struct {
-	*httptest.Server
-	requests, cancelled atomic.Int32
-}
-
-func newPacedUpstream(t *testing.T, n int, gap time.Duration) *pacedUpstream {
-	u := new(pacedUpstream)
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.requests.Add(1)
-		w.Header().Set("Content-Type", "text/event-stream")
-		f := w.(http.Flusher)
-		for i := 1; i <= n; i++ {
-			fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w%d \"}}]}\n\n", i)
-			f.Flush()
-			select {
-			case <-r.Context().Done():
-				u.cancelled.Add(1)
-				return
-			case <-time.After(gap):
-			}
-		}
-		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`+"\n\ndata: [DONE]\n\n")
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func wantWords(from, to int) string {
-	var b strings.Builder
-	for i := from; i <= to; i++ {
-		fmt.Fprintf(&b, "w%d ", i)
-	}
-	return b.String()
-}
-
-// sseEvent is one event of the sse framing.
-type sseEvent struct{ id, event, data string }
-
-// readEvents reads up to max events (0: all) from an SSE body.
-func readEvents(t *testing.T, br *bufio.Reader, max int) []sseEvent {
-	t.Helper()
-	var evs []sseEvent
-	var ev sseEvent
-	for max == 0 || len(evs) < max {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return evs
-		}
-		line = strings.TrimRight(line, "\n")
-		switch {
-		case line == "":
-			if ev.data != "" {
-				evs = append(evs, ev)
-			}
-			ev = sseEvent{}
-		case strings.HasPrefix(line, "id: "):
-			ev.id = line[4:]
-		case strings.HasPrefix(line, "event: "):
-			ev.event = line[7:]
-		case strings.HasPrefix(line, "data: "):
-			ev.data = line[6:]
-		}
-	}
-	return evs
-}
-
-func contentOf(t *testing.T, evs []sseEvent) (text string, done bool) {
+func contentOf(t *testing.T, evs []ssetest.Event) (text string, done bool) {
 	for _, ev := range evs {
-		if ev.event == "done" {
+		if ev.Name == "done" {
 			done = true
 			continue
 		}
 		var d struct{ Content string }
-		if err := json.Unmarshal([]byte(ev.data), &d); err != nil {
-			t.Fatalf("event %q: %v", ev.data, err)
+		if err := json.Unmarshal([]byte(ev.Data), &d); err != nil {
+			t.Fatalf("event %q: %v", ev.Data, err)
 		}
 		text += d.Content
 	}
@@ -123,7 +55,7 @@ func getWith(t *testing.T, url string, header ...string) *http.Response {
 func TestResumeSSEExactlyOnce(t *testing.T) {
 	for _, after := range []string{"live", "ended"} {
 		t.Run(after, func(t *testing.T) {
-			up := newPacedUpstream(t, 20, 20*time.Millisecond)
+			up := ssetest.NewUpstream(t, 20, 20*time.Millisecond)
 			h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 1m\n}")
 			srv := serveProxy(t, h)
 
@@ -132,9 +64,9 @@ func TestResumeSSEExactlyOnce(t *testing.T) {
 			if len(id) != 22 {
 				t.Fatalf("X-Stream-ID = %q, want 22 characters of base64url", id)
 			}
-			first := readEvents(t, bufio.NewReader(resp.Body), 5)
+			first := ssetest.Read(bufio.NewReader(resp.Body), 5)
 			resp.Body.Close()
-			if len(first) != 5 || first[4].id != id+".5" {
+			if len(first) != 5 || first[4].ID != id+".5" {
 				t.Fatalf("first events %+v, want 5 ending in id %s.5", first, id)
 			}
 			if after == "ended" {
@@ -142,26 +74,26 @@ func TestResumeSSEExactlyOnce(t *testing.T) {
 			} else {
 				time.Sleep(50 * time.Millisecond)
 			}
-			resp = getWith(t, srv.URL+"/chat?prompt=hi", "Accept", "text/event-stream", "Last-Event-ID", first[4].id)
+			resp = getWith(t, srv.URL+"/chat?prompt=hi", "Accept", "text/event-stream", "Last-Event-ID", first[4].ID)
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("resume: %s", resp.Status)
 			}
-			rest := readEvents(t, bufio.NewReader(resp.Body), 0)
+			rest := ssetest.Read(bufio.NewReader(resp.Body), 0)
 			resp.Body.Close()
 			got, done := contentOf(t, append(first, rest...))
-			if got != wantWords(1, 20) || !done {
-				t.Fatalf("text %q done %v, want %q and the done", got, done, wantWords(1, 20))
+			if got != ssetest.Words(1, 20) || !done {
+				t.Fatalf("text %q done %v, want %q and the done", got, done, ssetest.Words(1, 20))
 			}
 			for i, ev := range rest {
-				if want := id + "." + strconv.Itoa(6+i); ev.id != want {
-					t.Fatalf("event %d has id %q, want %q", 6+i, ev.id, want)
+				if want := id + "." + strconv.Itoa(6+i); ev.ID != want {
+					t.Fatalf("event %d has id %q, want %q", 6+i, ev.ID, want)
 				}
 			}
-			if n := up.requests.Load(); n != 1 {
+			if n := up.Requests.Load(); n != 1 {
 				t.Fatalf("upstream saw %d requests, want 1", n)
 			}
 			// All of it delivered: an EventSource is told to stop.
-			resp = getWith(t, srv.URL+"/chat?prompt=hi", "Accept", "text/event-stream", "Last-Event-ID", rest[len(rest)-1].id)
+			resp = getWith(t, srv.URL+"/chat?prompt=hi", "Accept", "text/event-stream", "Last-Event-ID", rest[len(rest)-1].ID)
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusNoContent {
 				t.Fatalf("resume after the done: %s, want 204", resp.Status)
@@ -173,7 +105,7 @@ func TestResumeSSEExactlyOnce(t *testing.T) {
 // TestResumeNDJSONAndText resumes the framings with no event IDs: ndjson by
 // the count of lines, text by the count of bytes.
 func TestResumeNDJSONAndText(t *testing.T) {
-	up := newPacedUpstream(t, 20, 10*time.Millisecond)
+	up := ssetest.NewUpstream(t, 20, 10*time.Millisecond)
 	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tresume 1m\n}")
 	srv := serveProxy(t, h)
 
@@ -208,7 +140,7 @@ func TestResumeNDJSONAndText(t *testing.T) {
 		}
 		text += d.Content
 	}
-	if text != wantWords(1, 20) || !strings.Contains(string(rest), `"done":true`) {
+	if text != ssetest.Words(1, 20) || !strings.Contains(string(rest), `"done":true`) {
 		t.Fatalf("ndjson: %q then %q", lines, rest)
 	}
 
@@ -222,10 +154,10 @@ func TestResumeNDJSONAndText(t *testing.T) {
 	resp = getWith(t, srv.URL+"/chat?prompt=hi&format=text", "Last-Event-ID", id+".7")
 	rest, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if got := string(buf) + string(rest); got != wantWords(1, 20) {
+	if got := string(buf) + string(rest); got != ssetest.Words(1, 20) {
 		t.Fatalf("text: %q", got)
 	}
-	if n := up.requests.Load(); n != 2 {
+	if n := up.Requests.Load(); n != 2 {
 		t.Fatalf("upstream saw %d requests, want 2", n)
 	}
 }
@@ -234,7 +166,7 @@ func TestResumeNDJSONAndText(t *testing.T) {
 // OpenAI's shape to others, another client's stream is 403, and an ID is
 // forgotten ttl after its stream ended.
 func TestResumeRefusals(t *testing.T) {
-	up := newPacedUpstream(t, 2, time.Millisecond)
+	up := ssetest.NewUpstream(t, 2, time.Millisecond)
 	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 300ms\n\trate_limit 1000-M {\n\t\tkey {http.request.header.X-User}\n\t}\n}")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		caddyhttp.NewTestReplacer(r) // for the rate limit's key
@@ -284,23 +216,23 @@ func TestResumeRefusals(t *testing.T) {
 // grace, then is cancelled; a DELETE cancels it at once, and a client
 // still attached reads the cancel as the framing's error.
 func TestResumeGraceAndCancel(t *testing.T) {
-	up := newPacedUpstream(t, 1000, 10*time.Millisecond)
+	up := ssetest.NewUpstream(t, 1000, 10*time.Millisecond)
 	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 1m {\n\t\tgrace 300ms\n\t}\n}")
 	srv := serveProxy(t, h)
 
 	resp := getWith(t, srv.URL+"/chat?prompt=hi")
-	readEvents(t, bufio.NewReader(resp.Body), 2)
+	ssetest.Read(bufio.NewReader(resp.Body), 2)
 	resp.Body.Close()
 	time.Sleep(100 * time.Millisecond)
-	if up.cancelled.Load() != 0 {
+	if up.Cancelled.Load() != 0 {
 		t.Fatal("the upstream was cancelled within grace")
 	}
-	waitFor(t, 5*time.Second, func() bool { return up.cancelled.Load() == 1 })
+	waitFor(t, 5*time.Second, func() bool { return up.Cancelled.Load() == 1 })
 
 	resp = getWith(t, srv.URL+"/chat?prompt=hi")
 	id := resp.Header.Get("X-Stream-ID")
 	br := bufio.NewReader(resp.Body)
-	readEvents(t, br, 2)
+	ssetest.Read(br, 2)
 	req, _ := http.NewRequest(http.MethodDelete, srv.URL+"/chat", nil)
 	req.Header.Set("X-Stream-ID", id)
 	start := time.Now()
@@ -312,11 +244,11 @@ func TestResumeGraceAndCancel(t *testing.T) {
 	if del.StatusCode != http.StatusNoContent {
 		t.Fatalf("DELETE: %s", del.Status)
 	}
-	waitFor(t, 5*time.Second, func() bool { return up.cancelled.Load() == 2 })
+	waitFor(t, 5*time.Second, func() bool { return up.Cancelled.Load() == 2 })
 	t.Logf("cancelled %v after the DELETE", time.Since(start))
-	rest := readEvents(t, br, 0)
+	rest := ssetest.Read(br, 0)
 	resp.Body.Close()
-	if len(rest) == 0 || rest[len(rest)-1].event != "error" || !strings.Contains(rest[len(rest)-1].data, "stream_cancelled") {
+	if len(rest) == 0 || rest[len(rest)-1].Name != "error" || !strings.Contains(rest[len(rest)-1].Data, "stream_cancelled") {
 		t.Fatalf("an attached client's last events: %+v", rest[max(0, len(rest)-2):])
 	}
 }
@@ -324,7 +256,7 @@ func TestResumeGraceAndCancel(t *testing.T) {
 // TestResumeOffUnchanged: without resume, a reconnect is 204 and no
 // stream has an ID of its own.
 func TestResumeOffUnchanged(t *testing.T) {
-	up := newPacedUpstream(t, 2, time.Millisecond)
+	up := ssetest.NewUpstream(t, 2, time.Millisecond)
 	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n}"))
 	resp := getWith(t, srv.URL+"/chat?prompt=hi")
 	body, _ := io.ReadAll(resp.Body)
@@ -355,7 +287,7 @@ func waitFor(t *testing.T, within time.Duration, cond func() bool) {
 // TestResumeStoreDown: with Redis unreachable a stream is answered as
 // without resume (no X-Stream-ID), and soon.
 func TestResumeStoreDown(t *testing.T) {
-	up := newPacedUpstream(t, 3, time.Millisecond)
+	up := ssetest.NewUpstream(t, 3, time.Millisecond)
 	dead := httptest.NewServer(http.NotFoundHandler())
 	addr := dead.Listener.Addr().String()
 	dead.Close() // a port nothing listens on
@@ -376,7 +308,7 @@ func TestResumeStoreDown(t *testing.T) {
 // resumable streams and resumes, and checks nothing outlives the handler.
 func TestResumeNoGoroutineLeft(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	up := newPacedUpstream(t, 50, 5*time.Millisecond)
+	up := ssetest.NewUpstream(t, 50, 5*time.Millisecond)
 	defer up.Close()
 	h := new(LLMProxy)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("llm_proxy " + up.URL + " {\n\tformat sse\n\tresume 1m {\n\t\tgrace 50ms\n\t}\n}")); err != nil {
@@ -393,10 +325,10 @@ func TestResumeNoGoroutineLeft(t *testing.T) {
 	resp.Body.Close()
 	resp = getWith(t, srv.URL+"/chat?prompt=hi")
 	id := resp.Header.Get("X-Stream-ID")
-	readEvents(t, bufio.NewReader(resp.Body), 2)
+	ssetest.Read(bufio.NewReader(resp.Body), 2)
 	resp.Body.Close() // abandoned: cancelled after grace
 	resp = getWith(t, srv.URL+"/chat?prompt=hi", "Last-Event-ID", id+".1")
-	readEvents(t, bufio.NewReader(resp.Body), 1)
+	ssetest.Read(bufio.NewReader(resp.Body), 1)
 	resp.Body.Close()
 	resp = getWith(t, srv.URL+"/chat?prompt=hi")
 	req, _ := http.NewRequest(http.MethodDelete, srv.URL+"/chat", nil)
@@ -408,7 +340,7 @@ func TestResumeNoGoroutineLeft(t *testing.T) {
 	del.Body.Close()
 	io.ReadAll(resp.Body)
 	resp.Body.Close()
-	waitFor(t, 5*time.Second, func() bool { return up.requests.Load() == 3 && up.cancelled.Load() == 2 })
+	waitFor(t, 5*time.Second, func() bool { return up.Requests.Load() == 3 && up.Cancelled.Load() == 2 })
 	time.Sleep(100 * time.Millisecond) // the producers end their logs after their upstreams
 	srv.Close()
 	http.DefaultClient.CloseIdleConnections()
@@ -419,7 +351,7 @@ func TestResumeNoGoroutineLeft(t *testing.T) {
 // TestResumeMetrics counts resumes by result, events replayed and streams
 // that ended with nobody connected.
 func TestResumeMetrics(t *testing.T) {
-	up := newPacedUpstream(t, 10, time.Millisecond)
+	up := ssetest.NewUpstream(t, 10, time.Millisecond)
 	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 1m\n}"))
 	resumed := testutil.ToFloat64(resumeMetrics.resumes.WithLabelValues(resumeResumed))
 	notFound := testutil.ToFloat64(resumeMetrics.resumes.WithLabelValues(resumeNotFound))
@@ -431,7 +363,7 @@ func TestResumeMetrics(t *testing.T) {
 	resp.Body.Close() // at once: the stream ends with nobody connected
 	waitFor(t, 5*time.Second, func() bool { return testutil.ToFloat64(resumeMetrics.unattended) == unattended+1 })
 	resp = getWith(t, srv.URL+"/chat?prompt=hi", "Last-Event-ID", id+".4")
-	evs := readEvents(t, bufio.NewReader(resp.Body), 0)
+	evs := ssetest.Read(bufio.NewReader(resp.Body), 0)
 	resp.Body.Close()
 	getWith(t, srv.URL+"/chat?prompt=hi", "Last-Event-ID", "nope.1").Body.Close()
 	if len(evs) != 7 { // 5-10 and the done
@@ -451,7 +383,7 @@ func TestResumeMetrics(t *testing.T) {
 // TestResumeCancelOwner: only the client that started a stream cancels it,
 // also once the stream has passed max_bytes and dropped its first events.
 func TestResumeCancelOwner(t *testing.T) {
-	up := newPacedUpstream(t, 1000, 5*time.Millisecond)
+	up := ssetest.NewUpstream(t, 1000, 5*time.Millisecond)
 	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 1m {\n\t\tmax_bytes 200\n\t}\n\trate_limit 1000-M {\n\t\tkey {http.request.header.X-User}\n\t}\n}")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		caddyhttp.NewTestReplacer(r)
@@ -461,7 +393,7 @@ func TestResumeCancelOwner(t *testing.T) {
 	resp := getWith(t, srv.URL+"/chat?prompt=hi", "X-User", "alice")
 	defer resp.Body.Close()
 	br := bufio.NewReader(resp.Body)
-	readEvents(t, br, 20) // well past 200 bytes
+	ssetest.Read(br, 20) // well past 200 bytes
 	del := func(user string) int {
 		req, _ := http.NewRequest(http.MethodDelete, srv.URL+"/chat", nil)
 		req.Header.Set("X-Stream-ID", resp.Header.Get("X-Stream-ID"))
@@ -476,13 +408,13 @@ func TestResumeCancelOwner(t *testing.T) {
 	if got := del("mallory"); got != http.StatusForbidden {
 		t.Fatalf("another client's DELETE: %d, want 403", got)
 	}
-	if up.cancelled.Load() != 0 {
+	if up.Cancelled.Load() != 0 {
 		t.Fatal("another client cancelled the stream")
 	}
 	if got := del("alice"); got != http.StatusNoContent {
 		t.Fatalf("its client's DELETE: %d, want 204", got)
 	}
-	waitFor(t, 5*time.Second, func() bool { return up.cancelled.Load() == 1 })
+	waitFor(t, 5*time.Second, func() bool { return up.Cancelled.Load() == 1 })
 }
 
 // TestParseEventID: "<stream>.<n>", with an n past any stream's last event

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llmstream/caddy-llmstream/internal/redistest"
+	"github.com/llmstream/caddy-llmstream/internal/ssetest"
 	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
@@ -40,7 +40,7 @@ func TestResumeEventSourceNode(t *testing.T) {
 		{"sse gzipped", "/chat?prompt=hi", "sse", 41, "encode gzip"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			up := newCountedUpstream(t, 40, 200*time.Millisecond)
+			up := ssetest.NewUpstream(t, 40, 200*time.Millisecond)
 			c := startCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 	%s
 	llm_proxy /chat %s {
@@ -61,8 +61,8 @@ func TestResumeEventSourceNode(t *testing.T) {
 				cp.cutFirst(2, 0, time.Second)
 			}
 			nodeTest(t, "resume_eventsource.test.mjs", c, "RESUME_URL="+cp.URL+tc.path,
-				"RESUME_FRAMING="+tc.framing, "RESUME_WANT="+words(1, 40))
-			if n := up.requests.Load(); n != 1 {
+				"RESUME_FRAMING="+tc.framing, "RESUME_WANT="+ssetest.Words(1, 40))
+			if n := up.Requests.Load(); n != 1 {
 				t.Errorf("the upstream was asked %d times, want once", n)
 			}
 			// Two resumes from the cuts, each further on, and the reconnect
@@ -288,12 +288,12 @@ func TestResumeHostile(t *testing.T) {
 			if anyone {
 				opt = "resume 1m {\n\t\t\tanyone_with_id\n\t\t}"
 			}
-			up := newCountedUpstream(t, 5, time.Millisecond)
+			up := ssetest.NewUpstream(t, 5, time.Millisecond)
 			c := startCaddy(t, resumeSite(up.URL, opt))
 			chat := c.URL + "/chat?prompt=hi"
 			resp := get(t, chat, "X-User", "alice")
 			id := resp.Header.Get("X-Stream-ID")
-			all := readEvents(bufio.NewReader(resp.Body), 0)
+			all := ssetest.Read(bufio.NewReader(resp.Body), 0)
 			if id == "" || len(all) != 6 {
 				t.Fatalf("stream %q: %d events, want 5 and the done", id, len(all))
 			}
@@ -301,7 +301,7 @@ func TestResumeHostile(t *testing.T) {
 			resp = get(t, chat+"&format=text", "X-User", "alice")
 			textID := resp.Header.Get("X-Stream-ID")
 			body, err := io.ReadAll(resp.Body)
-			if textID == "" || err != nil || string(body) != words(1, 5) {
+			if textID == "" || err != nil || string(body) != ssetest.Words(1, 5) {
 				t.Fatalf("text stream %q: %q, %v", textID, body, err)
 			}
 
@@ -331,8 +331,8 @@ func TestResumeHostile(t *testing.T) {
 
 			resp = get(t, chat, "X-User", "mallory", "Last-Event-ID", id+".2")
 			if anyone {
-				rest := readEvents(bufio.NewReader(resp.Body), 0)
-				if text, done := textOf(t, rest); resp.StatusCode != http.StatusOK || text != words(3, 5) || !done {
+				rest := ssetest.Read(bufio.NewReader(resp.Body), 0)
+				if text, done := textOf(t, rest); resp.StatusCode != http.StatusOK || text != ssetest.Words(3, 5) || !done {
 					t.Errorf("another client's resume with anyone_with_id: %s, %q (done %v)", resp.Status, text, done)
 				}
 			} else if st, typ, code := openAIError(t, "another client's resume", resp); st != http.StatusForbidden || typ != "invalid_request_error" || code != "stream_forbidden" {
@@ -361,7 +361,7 @@ func TestResumeHostile(t *testing.T) {
 				t.Errorf("another client's DELETE: %d %s, want 403 stream_forbidden", st, code)
 			}
 
-			if n := up.requests.Load(); n != 2 {
+			if n := up.Requests.Load(); n != 2 {
 				t.Errorf("the upstream was asked %d times, want twice (the two streams): a resume started a stream again", n)
 			}
 			if strings.Contains(c.Log.String(), `"status":500`) || strings.Contains(c.Log.String(), "panic") {
@@ -380,20 +380,19 @@ func TestResumeHostile(t *testing.T) {
 // follows it in Redis.
 func TestResumeFlood(t *testing.T) {
 	t.Run("memory", func(t *testing.T) {
-		up := newCountedUpstream(t, 30, 100*time.Millisecond)
+		up := ssetest.NewUpstream(t, 30, 100*time.Millisecond)
 		c := startCaddy(t, resumeSite(up.URL, "resume 1m"))
 		flood(t, up, c, c)
 	})
 	t.Run("redis, another instance", func(t *testing.T) {
-		rs := redistest.Start(t)
-		up := newCountedUpstream(t, 30, 100*time.Millisecond)
-		site := resumeSite(up.URL, "resume 1m {\n\t\t\tstore redis redis://"+rs.Addr()+"\n\t\t}")
-		flood(t, up, startCaddy(t, site), startCaddy(t, site))
+		up := ssetest.NewUpstream(t, 30, 100*time.Millisecond)
+		a, b := twoOnRedis(t, up)
+		flood(t, up, a, b)
 	})
 }
 
 // flood starts streams of up on a and floods b with resumes of one.
-func flood(t *testing.T, up *countedUpstream, a, b *caddy) {
+func flood(t *testing.T, up *ssetest.Upstream, a, b *caddy) {
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	open := func(ctx context.Context, c *caddy, last string) (*http.Response, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+"/chat?prompt=hi", nil)
@@ -427,7 +426,7 @@ func flood(t *testing.T, up *countedUpstream, a, b *caddy) {
 		t.Fatal(err)
 	}
 	id = resp.Header.Get("X-Stream-ID")
-	first := readEvents(bufio.NewReader(resp.Body), 4)
+	first := ssetest.Read(bufio.NewReader(resp.Body), 4)
 	resp.Body.Close()
 	if id == "" || len(first) != 4 {
 		t.Fatalf("stream %q, first events %+v", id, first)
@@ -452,10 +451,10 @@ func flood(t *testing.T, up *countedUpstream, a, b *caddy) {
 			}
 			defer resp.Body.Close()
 			if leaves {
-				readEvents(bufio.NewReader(resp.Body), 1)
+				ssetest.Read(bufio.NewReader(resp.Body), 1)
 				return
 			}
-			evs := readEvents(bufio.NewReader(resp.Body), 0)
+			evs := ssetest.Read(bufio.NewReader(resp.Body), 0)
 			if ctx.Err() != nil {
 				errs <- fmt.Errorf("resume after %d still open at the deadline, %d events in", after, len(evs))
 				return
@@ -469,8 +468,8 @@ func flood(t *testing.T, up *countedUpstream, a, b *caddy) {
 				return
 			}
 			for j, ev := range evs {
-				if want := fmt.Sprintf("%s.%d", id, after+1+j); ev.id != want {
-					errs <- fmt.Errorf("resume after %d: event %d is %q, want %q", after, j, ev.id, want)
+				if want := fmt.Sprintf("%s.%d", id, after+1+j); ev.ID != want {
+					errs <- fmt.Errorf("resume after %d: event %d is %q, want %q", after, j, ev.ID, want)
 					return
 				}
 			}
@@ -478,14 +477,14 @@ func flood(t *testing.T, up *countedUpstream, a, b *caddy) {
 			done := false
 			for _, ev := range evs {
 				var d struct{ Content string }
-				if json.Unmarshal([]byte(ev.data), &d) != nil {
-					errs <- fmt.Errorf("resume after %d: event data %q", after, ev.data)
+				if json.Unmarshal([]byte(ev.Data), &d) != nil {
+					errs <- fmt.Errorf("resume after %d: event data %q", after, ev.Data)
 					return
 				}
 				text += d.Content
-				done = done || ev.name == "done"
+				done = done || ev.Name == "done"
 			}
-			if resp.StatusCode != http.StatusOK || text != words(after+1, 30) || !done || len(evs) != 31-after {
+			if resp.StatusCode != http.StatusOK || text != ssetest.Words(after+1, 30) || !done || len(evs) != 31-after {
 				errs <- fmt.Errorf("resume after %d: %s, %d events, text %q, done %v", after, resp.Status, len(evs), text, done)
 			}
 		}(after)
@@ -495,7 +494,7 @@ func flood(t *testing.T, up *countedUpstream, a, b *caddy) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if n := up.requests.Load(); n != 2 {
+	if n := up.Requests.Load(); n != 2 {
 		t.Errorf("the upstream was asked %d times, want 2 (the two streams)", n)
 	}
 	settledGoroutines(t, b.Admin, base)
@@ -535,16 +534,16 @@ func settledGoroutines(t *testing.T, admin string, want int) int {
 // connected, its upstream is cancelled grace after its client left,
 // however often a stranger asks for it in between.
 func TestResumeRefusedHoldsNoGrace(t *testing.T) {
-	up := newCountedUpstream(t, 1000, 20*time.Millisecond)
+	up := ssetest.NewUpstream(t, 1000, 20*time.Millisecond)
 	c := startCaddy(t, resumeSite(up.URL, "resume 1m {\n\t\t\tgrace 1s\n\t\t}"))
 	resp := get(t, c.URL+"/chat?prompt=hi", "X-User", "alice")
 	id := resp.Header.Get("X-Stream-ID")
-	readEvents(bufio.NewReader(resp.Body), 2)
+	ssetest.Read(bufio.NewReader(resp.Body), 2)
 	left := time.Now()
 	resp.Body.Close()
 	for stranger := time.NewTicker(250 * time.Millisecond); ; {
 		select {
-		case at := <-up.cancelled:
+		case at := <-up.Cancels:
 			stranger.Stop()
 			if d := at.Sub(left); d > 3*time.Second {
 				t.Errorf("the upstream was cancelled %v after its client left, with grace 1s", d)
@@ -567,13 +566,11 @@ func TestResumeRefusedHoldsNoGrace(t *testing.T) {
 // largest int) on another instance, over Redis, ends when the stream
 // does, with nothing sent, as a smaller n does.
 func TestResumeMaxIntLiveRedis(t *testing.T) {
-	rs := redistest.Start(t)
-	up := newCountedUpstream(t, 20, 100*time.Millisecond)
-	site := resumeSite(up.URL, "resume 1m {\n\t\t\tstore redis redis://"+rs.Addr()+"\n\t\t}")
-	a, b := startCaddy(t, site), startCaddy(t, site)
+	up := ssetest.NewUpstream(t, 20, 100*time.Millisecond)
+	a, b := twoOnRedis(t, up)
 	resp := get(t, a.URL+"/chat?prompt=hi", "X-User", "alice")
 	id := resp.Header.Get("X-Stream-ID")
-	readEvents(bufio.NewReader(resp.Body), 2)
+	ssetest.Read(bufio.NewReader(resp.Body), 2)
 	resp.Body.Close()
 	for _, n := range []string{"1000", "9223372036854775807"} {
 		t.Run(n, func(t *testing.T) {
