@@ -167,14 +167,7 @@ func TestResumeNDJSONAndText(t *testing.T) {
 // forgotten ttl after its stream ended.
 func TestResumeRefusals(t *testing.T) {
 	up := ssetest.NewUpstream(t, 2, time.Millisecond)
-	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 300ms\n\trate_limit 1000-M {\n\t\tkey {http.request.header.X-User}\n\t}\n}")
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		caddyhttp.NewTestReplacer(r) // for the rate limit's key
-		if err := h.ServeHTTP(w, r, nil); err != nil {
-			t.Errorf("ServeHTTP: %v", err)
-		}
-	}))
-	t.Cleanup(srv.Close)
+	srv := serveByUser(t, up, "resume 300ms")
 
 	resp := getWith(t, srv.URL+"/chat?prompt=hi", "Accept", "text/event-stream", "Last-Event-ID", "AAAAAAAAAAAAAAAAAAAAAA.3")
 	resp.Body.Close()
@@ -384,12 +377,7 @@ func TestResumeMetrics(t *testing.T) {
 // also once the stream has passed max_bytes and dropped its first events.
 func TestResumeCancelOwner(t *testing.T) {
 	up := ssetest.NewUpstream(t, 1000, 5*time.Millisecond)
-	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\tresume 1m {\n\t\tmax_bytes 200\n\t}\n\trate_limit 1000-M {\n\t\tkey {http.request.header.X-User}\n\t}\n}")
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		caddyhttp.NewTestReplacer(r)
-		_ = h.ServeHTTP(w, r, nil)
-	}))
-	t.Cleanup(srv.Close)
+	srv := serveByUser(t, up, "resume 1m {\n\t\tmax_bytes 200\n\t}")
 	resp := getWith(t, srv.URL+"/chat?prompt=hi", "X-User", "alice")
 	defer resp.Body.Close()
 	br := bufio.NewReader(resp.Body)
@@ -442,4 +430,19 @@ func TestParseEventID(t *testing.T) {
 			t.Errorf("parseEventID(%.20q) = %q %d %v, want %q %d %v", in, id, n, ok, want.id, want.n, want.ok)
 		}
 	}
+}
+
+// serveByUser serves a proxy of up in the sse framing with the resume
+// block given, whose clients are told apart by their X-User header (the
+// rate limit's key, which a stream's owner is).
+func serveByUser(t *testing.T, up *ssetest.Upstream, resume string) *httptest.Server {
+	h := provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\t"+resume+"\n\trate_limit 1000-M {\n\t\tkey {http.request.header.X-User}\n\t}\n}")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		caddyhttp.NewTestReplacer(r) // for the rate limit's key
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Errorf("ServeHTTP: %v", err)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
 }
