@@ -630,7 +630,7 @@ func (h *LLMProxy) streamError(err error) (*chunk.Error, string) {
 	case errors.Is(err, errShuttingDown):
 		return &chunk.Error{Type: chunk.TypeServer, Message: err.Error()}, outcomeUpstreamError
 	case errors.Is(err, resume.ErrCancelled):
-		return &chunk.Error{Type: chunk.TypeInvalidRequest, Code: quoted("stream_cancelled"), Message: "the stream was cancelled by its client"}, outcomeClientGone
+		return &chunk.Error{Type: chunk.TypeInvalidRequest, Code: quoted("stream_cancelled"), Message: "the stream was cancelled by its client"}, outcomeCancelled
 	case errors.Is(err, resume.ErrUnattended):
 		return &chunk.Error{Type: chunk.TypeTimeout, Code: quoted("stream_unattended"), Message: "the stream was cancelled: no client was connected for resume's grace period"}, outcomeClientGone
 	case errors.Is(err, frame.ErrContent):

@@ -28,6 +28,7 @@ import (
 const (
 	outcomeCompleted     = "completed"
 	outcomeClientGone    = "client_gone"
+	outcomeCancelled     = "cancelled" // by its client's DELETE (resume)
 	outcomeUpstreamError = "upstream_error"
 	outcomeTimeout       = "timeout"
 	outcomeRejected      = "rejected"
@@ -261,7 +262,7 @@ func (rec *record) traced(m *upstream.Member, requested, finishReason string, ha
 		attrs = append(attrs, attribute.StringSlice("gen_ai.response.finish_reasons", []string{finishReason}))
 	}
 	switch rec.outcome {
-	case outcomeCompleted, outcomeClientGone:
+	case outcomeCompleted, outcomeClientGone, outcomeCancelled:
 	default:
 		// The status line said 200 before the stream broke, and the
 		// server span would look like a success.

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/llmstream/caddy-llmstream/internal/ssetest"
+	"github.com/llmstream/caddy-llmstream/upstream"
 )
 
 func contentOf(t *testing.T, evs []ssetest.Event) (text string, done bool) {
@@ -239,6 +240,9 @@ func TestResumeGraceAndCancel(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, func() bool { return up.Cancelled.Load() == 2 })
 	t.Logf("cancelled %v after the DELETE", time.Since(start))
+	waitFor(t, 5*time.Second, func() bool {
+		return testutil.ToFloat64(metrics.requests.WithLabelValues(upstream.Label(up.URL), "200", outcomeCancelled)) == 1
+	})
 	rest := ssetest.Read(br, 0)
 	resp.Body.Close()
 	if len(rest) == 0 || rest[len(rest)-1].Name != "error" || !strings.Contains(rest[len(rest)-1].Data, "stream_cancelled") {
