@@ -45,11 +45,11 @@ func ParseChunk(data []byte, c *chunk.Chunk) error {
 // ({"error":...}) sets c.Err. Data that is not a JSON object is an error.
 func (p *ChunkParser) Parse(data []byte, c *chunk.Chunk) error {
 	c.Raw = append(c.Raw[:0], data...)
-	before := *c
 	if p.scan(c) {
 		return nil
 	}
-	*c = before // the scanner may have set some fields
+	// The fields the scanner set before it gave up, the jsontext walk sets
+	// again, to the same values, before it sets any other.
 	return p.walk(c)
 }
 

@@ -21,6 +21,23 @@ func BenchmarkParseChunk(b *testing.B) {
 	}
 }
 
+// BenchmarkParseChunkJSONText is the jsontext walk alone, what Parse was
+// before the scanner and is for what the scanner leaves: the figure to
+// hold BenchmarkParseChunk against.
+func BenchmarkParseChunkJSONText(b *testing.B) {
+	var c chunk.Chunk
+	var p ChunkParser
+	b.ReportAllocs()
+	b.SetBytes(int64(len(benchChunk)))
+	for b.Loop() {
+		c.Reset()
+		c.Raw = append(c.Raw, benchChunk...)
+		if err := p.walk(&c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 var benchResponsesEvents = [][]byte{
 	[]byte(`{"type":"response.output_text.delta","sequence_number":4,"item_id":"msg_67ccd3acc8d48190a77525dc6de64b4104becb25c5f6ebf1","output_index":0,"content_index":0,"delta":" streaming","logprobs":[]}`),
 	[]byte(`{"type":"response.function_call_arguments.delta","sequence_number":5,"item_id":"fc_1","output_index":0,"delta":"{\"ci"}`),

@@ -264,7 +264,7 @@ func (s *scanner) value() json.RawMessage {
 }
 
 // scan walks c.Raw as walk does, and tells whether the scanner took it. If
-// not, c may hold some of its fields.
+// not, c holds what walk sets of it up to where the scanner gave up.
 func (p *ChunkParser) scan(c *chunk.Chunk) bool {
 	s := &scanner{b: c.Raw}
 	s.ws()
@@ -337,7 +337,7 @@ func (s *scanner) choices(c *chunk.Chunk) {
 					}
 				}
 			}
-			if first {
+			if first && !s.bad { // what the scanner gave up in, jsontext walks
 				keepFirst(c, &ch)
 			}
 		}

@@ -45,9 +45,9 @@ func TestScanTakesCommonChunks(t *testing.T) {
 }
 
 // TestParseRestoresChunkForJSONText: what the scanner set before it gave
-// up is not left in the chunk for the jsontext walk to keep. Here the
-// scanner keeps the choice as the first, gives up at the escaped name, and
-// jsontext finds it is not.
+// up is what the jsontext walk would set, nothing more. Here the scanner,
+// had it kept the choice it gave up in as the first, would leave its
+// content, and jsontext finds it is not the first.
 func TestParseRestoresChunkForJSONText(t *testing.T) {
 	var c chunk.Chunk
 	if err := new(ChunkParser).Parse([]byte(`{"choices":[{"delta":{"content":"x"},"\u0069ndex":1}]}`), &c); err != nil {
