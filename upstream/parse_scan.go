@@ -211,32 +211,22 @@ func (s *scanner) literal(lit string) {
 
 // skip consumes one value, checking it whole.
 func (s *scanner) skip(depth int) {
-	switch s.peek() {
+	switch c := s.peek(); c {
 	case '"':
 		s.str()
-	case '{':
+	case '{', '[':
 		if depth >= maxScanDepth {
 			s.fail()
 			return
 		}
-		if s.enter('{', '}') {
+		end := c + 2 // '}' or ']'
+		if s.enter(c, end) {
 			for {
-				s.name()
-				s.skip(depth + 1)
-				if !s.next('}') {
-					break
+				if c == '{' {
+					s.name()
 				}
-			}
-		}
-	case '[':
-		if depth >= maxScanDepth {
-			s.fail()
-			return
-		}
-		if s.enter('[', ']') {
-			for {
 				s.skip(depth + 1)
-				if !s.next(']') {
+				if !s.next(end) {
 					break
 				}
 			}
