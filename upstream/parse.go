@@ -19,7 +19,8 @@ import (
 // delta, the finish reason, usage, model, or an error. Everything else stays
 // in the raw bytes that the openai framing relays untouched.
 //
-// It walks the JSON with a reusable jsontext decoder and points the chunk's
+// It walks the JSON with a scanner of its own (parse_scan.go), or for what
+// that does not take, a reusable jsontext decoder, and points the chunk's
 // fields into the chunk's copy of the data, so that a stream's chunks cost
 // no allocation once the buffers have grown (encoding/json costs a dozen
 // per chunk here). A ChunkParser belongs to one stream.
@@ -44,6 +45,17 @@ func ParseChunk(data []byte, c *chunk.Chunk) error {
 // ({"error":...}) sets c.Err. Data that is not a JSON object is an error.
 func (p *ChunkParser) Parse(data []byte, c *chunk.Chunk) error {
 	c.Raw = append(c.Raw[:0], data...)
+	if p.scan(c) {
+		return nil
+	}
+	// The fields the scanner set before it gave up, the jsontext walk sets
+	// again, to the same values, before it sets any other.
+	return p.walk(c)
+}
+
+// walk is Parse over the jsontext decoder: what gives the errors, and the
+// fields of what the scanner leaves to it.
+func (p *ChunkParser) walk(c *chunk.Chunk) error {
 	p.reset(c.Raw)
 	if err := p.object(c); err != nil {
 		return fmt.Errorf("decoding upstream chunk: %w", err)
@@ -122,13 +134,19 @@ func (p *ChunkParser) object(c *chunk.Chunk) error {
 	if _, err := d.ReadToken(); err != jsontextEOF {
 		return errors.New("data after the JSON object")
 	}
+	endChunk(c, errVal, isError)
+	return nil
+}
+
+// endChunk makes c an error event if its data said so: an error member
+// that is not null, or "object":"error".
+func endChunk(c *chunk.Chunk, errVal json.RawMessage, isError bool) {
 	switch {
 	case isSet(errVal):
 		*c = chunk.Chunk{Raw: c.Raw, Err: parseError(errVal)}
 	case isError:
 		*c = chunk.Chunk{Raw: c.Raw, Err: parseError(c.Raw)}
 	}
-	return nil
 }
 
 // ErrorEvent reads the data of an event whose type is "error": an error
@@ -200,15 +218,21 @@ func (p *ChunkParser) choices(c *chunk.Chunk) error {
 		if _, err := d.ReadToken(); err != nil {
 			return err
 		}
-		if first { // the framings other than openai carry the first choice only
-			c.Content, c.Reasoning, c.ToolCalls = ch.Content, ch.Reasoning, ch.ToolCalls
-			if ch.FinishReason != "" {
-				c.FinishReason = ch.FinishReason
-			}
+		if first {
+			keepFirst(c, &ch)
 		}
 	}
 	_, err := d.ReadToken()
 	return err
+}
+
+// keepFirst keeps the fields of the choice of index 0: the framings other
+// than openai carry the first choice only.
+func keepFirst(c, ch *chunk.Chunk) {
+	c.Content, c.Reasoning, c.ToolCalls = ch.Content, ch.Reasoning, ch.ToolCalls
+	if ch.FinishReason != "" {
+		c.FinishReason = ch.FinishReason
+	}
 }
 
 // delta reads a delta (or message) object into ch.
@@ -248,6 +272,14 @@ func (p *ChunkParser) delta(ch *chunk.Chunk) error {
 		}
 		*dst = v
 	}
+	endDelta(ch, reasoning)
+	_, err := d.ReadToken()
+	return err
+}
+
+// endDelta drops a delta's empty fields, and takes its reasoning from
+// either name.
+func endDelta(ch *chunk.Chunk, reasoning json.RawMessage) {
 	ch.Content = nonEmptyString(ch.Content)
 	ch.Reasoning = nonEmptyString(ch.Reasoning)
 	if ch.Reasoning == nil {
@@ -256,8 +288,6 @@ func (p *ChunkParser) delta(ch *chunk.Chunk) error {
 	if !isSet(ch.ToolCalls) || bytes.Equal(ch.ToolCalls, []byte("[]")) {
 		ch.ToolCalls = nil
 	}
-	_, err := d.ReadToken()
-	return err
 }
 
 // name reads an object member's name, unquoted. Names with escapes are
