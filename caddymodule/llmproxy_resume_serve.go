@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmstream/caddy-llmstream/chunk"
@@ -226,13 +226,22 @@ func (h *LLMProxy) firstEvent(ctx context.Context, cur resume.Cursor, skip *int)
 // ends or the client leaves. skip bytes of text are still to be skipped.
 func (h *LLMProxy) pump(w http.ResponseWriter, r *http.Request, f frame.Format, cur resume.Cursor, first []byte, skip int) error {
 	rc := http.NewResponseController(w)
+	deadline := h.writeTimeout > 0
+	if _, iw := caddyhttp.IdleTimeoutsFromContext(r.Context()); iw != nil && deadline {
+		// As startStream: the server's own write deadline, made ours,
+		// rather than a second one moved twice per event.
+		defer iw.Override(h.writeTimeout, 0, 0)()
+		deadline = false
+	}
+	var wrote time.Time
 	write := func(b []byte) error {
-		if h.writeTimeout > 0 && rc.SetWriteDeadline(time.Now().Add(h.writeTimeout)) == nil {
+		if deadline && rc.SetWriteDeadline(time.Now().Add(h.writeTimeout)) == nil {
 			defer rc.SetWriteDeadline(time.Time{})
 		}
 		if _, err := w.Write(b); err != nil {
 			return err
 		}
+		wrote = time.Now()
 		return rc.Flush()
 	}
 	if !frame.HeadersSent(w.Header()) {
@@ -244,13 +253,18 @@ func (h *LLMProxy) pump(w http.ResponseWriter, r *http.Request, f frame.Format, 
 		return nil
 	}
 	keepalive := f.Keepalive()
+	if h.heartbeat <= 0 {
+		keepalive = nil
+	}
+	// One wait of a heartbeat's length serves many events: a timer per
+	// event would cost more than the event's own write.
+	beat := newBeat(r.Context(), h.heartbeat, keepalive != nil)
+	defer beat.stop()
 	for {
-		ctx, cancel := r.Context(), context.CancelFunc(func() {})
-		if h.heartbeat > 0 && keepalive != nil {
-			ctx, cancel = context.WithTimeout(r.Context(), h.heartbeat)
+		ev, _, err := cur.Next(beat.ctx(wrote))
+		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil && time.Since(wrote) < h.heartbeat {
+			continue // events went out meanwhile: no keepalive due yet
 		}
-		ev, _, err := cur.Next(ctx)
-		cancel()
 		switch {
 		case err == nil:
 			if skip > 0 {
@@ -394,7 +408,7 @@ func (rw *recorder) Write(b []byte) (int, error) {
 func (rw *recorder) FlushError() error {
 	rw.WriteHeader(http.StatusOK)
 	if len(rw.frame) > 0 && rw.status == http.StatusOK {
-		_ = rw.log.Append(bytes.Clone(rw.frame))
+		_ = rw.log.Append(rw.frame) // Append keeps a copy
 		rw.frame = rw.frame[:0]
 	}
 	return nil
@@ -407,3 +421,31 @@ func endedByResume(ctx context.Context) bool {
 	cause := context.Cause(ctx)
 	return errors.Is(cause, resume.ErrCancelled) || errors.Is(cause, resume.ErrUnattended)
 }
+
+// beat is the context a pump waits for its next event with: the request's,
+// ending a heartbeat after the last write when heartbeats are on. It is
+// made anew only once it has ended, not per event.
+type beat struct {
+	parent context.Context
+	every  time.Duration
+	on     bool
+	cur    context.Context
+	cancel context.CancelFunc
+}
+
+func newBeat(parent context.Context, every time.Duration, on bool) *beat {
+	return &beat{parent: parent, every: every, on: on, cur: parent, cancel: func() {}}
+}
+
+func (b *beat) ctx(wrote time.Time) context.Context {
+	if b.on && (b.cur == b.parent || b.cur.Err() != nil) {
+		b.cancel()
+		if wrote.IsZero() {
+			wrote = time.Now()
+		}
+		b.cur, b.cancel = context.WithDeadline(b.parent, wrote.Add(b.every))
+	}
+	return b.cur
+}
+
+func (b *beat) stop() { b.cancel() }

@@ -450,3 +450,23 @@ func serveByUser(t *testing.T, up *ssetest.Upstream, resume string) *httptest.Se
 	t.Cleanup(srv.Close)
 	return srv
 }
+
+// TestResumeHeartbeats: the client of a resumable stream gets keepalives
+// while the stream is quiet, from its own pump, and none in the log.
+func TestResumeHeartbeats(t *testing.T) {
+	up := ssetest.NewUpstream(t, 3, 300*time.Millisecond)
+	srv := serveProxy(t, provisionProxy(t, "llm_proxy "+up.URL+" {\n\tformat sse\n\theartbeat 50ms\n\tresume 1m\n}"))
+	resp := getWith(t, srv.URL+"/chat?prompt=hi")
+	id := resp.Header.Get("X-Stream-ID")
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if n := strings.Count(string(body), ": keepalive\n"); n < 4 {
+		t.Fatalf("%d keepalives in %q", n, body)
+	}
+	resp = getWith(t, srv.URL+"/chat?prompt=hi", "Last-Event-ID", id+".0")
+	replay, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(replay), "keepalive") || !strings.Contains(string(replay), "event: done") {
+		t.Fatalf("the replay of a finished stream: %q", replay)
+	}
+}
