@@ -17,31 +17,12 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/responses"
 	"golang.org/x/net/websocket"
-
-	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 // responsesStack starts caddy with llm_simulator on a port of its own and
 // llm_proxy for the whole of /v1/ in front of it, under `encode zstd gzip`.
 func responsesStack(t *testing.T) *caddy {
-	t.Helper()
-	sim := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	return startCaddy(t, fmt.Sprintf(`http://%s {
-	llm_simulator {
-		chunk_interval 5ms
-		chunks 8
-	}
-}
-
-http://127.0.0.1:{PORT} {
-	encode zstd gzip
-	llm_proxy /v1/* {
-		to http://%s/v1
-		api_key {env.TEST_LLM_KEY}
-		heartbeat 20ms
-	}
-}
-`, sim, sim), withEnv("TEST_LLM_KEY="+testKey))
+	return apiStack(t, "to {SIM}\n\t\theartbeat 20ms")
 }
 
 // TestClientsResponsesNode runs e2e/node/responses.test.mjs: the OpenAI Node

@@ -3,40 +3,18 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
-
-	"github.com/llmstream/caddy-llmstream/internal/testenv"
 )
 
 // messagesStack starts caddy with llm_simulator on a port of its own and
 // `llm_proxy /v1/*` in front of it as an Anthropic-style upstream (auth
 // x-api-key), with max_tokens capped, heartbeats more often than the
-// simulator's chunks, under `encode zstd gzip`.
+// simulator's chunks (5ms apart), under `encode zstd gzip`.
 func messagesStack(t *testing.T) *caddy {
-	t.Helper()
-	sim := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	return startCaddy(t, fmt.Sprintf(`http://%s {
-	llm_simulator {
-		chunk_interval 8ms
-		chunks 8
-	}
-}
-
-http://127.0.0.1:{PORT} {
-	encode zstd gzip
-	llm_proxy /v1/* {
-		to http://%s/v1
-		api_key {env.TEST_LLM_KEY}
-		auth x-api-key
-		max_tokens 2000
-		heartbeat 5ms
-	}
-}
-`, sim, sim), withEnv("TEST_LLM_KEY="+testKey))
+	return apiStack(t, "to {SIM}\n\t\tauth x-api-key\n\t\tmax_tokens 2000\n\t\theartbeat 2ms")
 }
 
 // TestClientsAnthropicNode runs e2e/node/messages.test.mjs: the official
