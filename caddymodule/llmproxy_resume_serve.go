@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -51,6 +52,18 @@ func (h *LLMProxy) streamOwner(r *http.Request) string {
 		return h.RateLimit.clientKey(r)
 	}
 	return clientIP(r)
+}
+
+// foreign tells whether the stream of meta is another client's than r's,
+// which only anyone_with_id lets resume or cancel it.
+func (h *LLMProxy) foreign(r *http.Request, meta resume.Meta) bool {
+	return !h.Resume.AnyoneWithID && meta.Owner != h.streamOwner(r)
+}
+
+// foreignStream is the refusal of another client's stream.
+func foreignStream() *chunk.Error {
+	return &chunk.Error{Status: http.StatusForbidden, Type: chunk.TypeInvalidRequest,
+		Code: quoted("stream_forbidden"), Message: "this stream belongs to another client"}
 }
 
 // runFunc answers a request as the chat path does, on w.
@@ -105,12 +118,12 @@ func (h *LLMProxy) serveResumable(w http.ResponseWriter, r *http.Request, rec *r
 		case <-r.Context().Done():
 			return nil
 		}
-		copyHeader(w.Header(), rw.header)
+		maps.Copy(w.Header(), rw.header)
 		w.WriteHeader(rw.status)
 		_, _ = w.Write(rw.body)
 		return err
 	}
-	copyHeader(w.Header(), rw.header)
+	maps.Copy(w.Header(), rw.header)
 	w.Header().Set(streamIDHeader, meta.ID)
 	w.WriteHeader(http.StatusOK)
 	return h.pump(w, r, rec.format, cur, nil, 0)
@@ -151,10 +164,9 @@ func (h *LLMProxy) serveResume(w http.ResponseWriter, r *http.Request, lastID st
 	// Whose it is comes first: a stranger's resume must not attach to the
 	// stream, which would keep its upstream alive past its grace.
 	meta, err := store.Meta(r.Context(), id)
-	if err == nil && !h.Resume.AnyoneWithID && meta.Owner != h.streamOwner(r) {
+	if err == nil && h.foreign(r, meta) {
 		resumeMetrics.resumes.WithLabelValues(resumeForbidden).Inc()
-		return h.reject(w, r, &chunk.Error{Status: http.StatusForbidden, Type: chunk.TypeInvalidRequest,
-			Code: quoted("stream_forbidden"), Message: "this stream belongs to another client"})
+		return h.reject(w, r, foreignStream())
 	}
 	var cur resume.Cursor
 	if err == nil {
@@ -312,9 +324,8 @@ func (h *LLMProxy) serveCancel(w http.ResponseWriter, r *http.Request) error {
 		return h.reject(w, r, &chunk.Error{Status: http.StatusNotFound, Type: chunk.TypeInvalidRequest,
 			Code: quoted("stream_not_found"), Message: "no such stream to cancel; send its ID in " + streamIDHeader})
 	}
-	if !h.Resume.AnyoneWithID && meta.Owner != h.streamOwner(r) {
-		return h.reject(w, r, &chunk.Error{Status: http.StatusForbidden, Type: chunk.TypeInvalidRequest,
-			Code: quoted("stream_forbidden"), Message: "this stream belongs to another client"})
+	if h.foreign(r, meta) {
+		return h.reject(w, r, foreignStream())
 	}
 	if err := store.Cancel(r.Context(), id); err != nil && !errors.Is(err, resume.ErrNotFound) {
 		return h.reject(w, r, &chunk.Error{Status: http.StatusServiceUnavailable, Type: chunk.TypeServer,
@@ -364,12 +375,6 @@ func parseEventID(s string) (id string, n int, ok bool) {
 const maxEventNumber = 1 << 40
 
 func quoted(s string) []byte { return strconv.AppendQuote(nil, s) }
-
-func copyHeader(dst, src http.Header) {
-	for k, v := range src {
-		dst[k] = v
-	}
-}
 
 // recorder is the ResponseWriter a resumable stream's producer writes to:
 // each flushed frame becomes the log's next event. A refusal written
