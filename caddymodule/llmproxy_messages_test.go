@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -33,40 +32,17 @@ var messagesEvents = []string{
 	"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
 }
 
-// messagesUpstream serves events (or a status and body) and records what
-// it was asked.
-type messagesUpstream struct {
-	*httptest.Server
-	calls atomic.Int32
-	last  atomic.Value // "METHOD /path x-api-key anthropic-version anthropic-beta body"
-}
+// messagesUpstream serves events (or a status and body); last is
+// "METHOD /path x-api-key anthropic-version anthropic-beta body".
+type messagesUpstream = eventsUpstream
 
 func newMessagesUpstream(t *testing.T, status int, events ...string) *messagesUpstream {
 	t.Helper()
-	u := &messagesUpstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.calls.Add(1)
-		b, _ := io.ReadAll(r.Body)
+	return newEventsUpstream(t, func(r *http.Request, b []byte) string {
 		h := r.Header
-		u.last.Store(r.Method + " " + r.URL.RequestURI() + " " + h.Get("X-Api-Key") + h.Get("Authorization") + " " +
-			h.Get("Anthropic-Version") + " " + h.Get("Anthropic-Beta") + " " + string(b))
-		if status != 0 {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(status)
-			io.WriteString(w, strings.Join(events, ""))
-			return
-		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		for _, ev := range events {
-			if ev == "RESET" {
-				panic(http.ErrAbortHandler)
-			}
-			io.WriteString(w, ev)
-			w.(http.Flusher).Flush()
-		}
-	}))
-	t.Cleanup(u.Close)
-	return u
+		return r.Method + " " + r.URL.RequestURI() + " " + h.Get("X-Api-Key") + h.Get("Authorization") + " " +
+			h.Get("Anthropic-Version") + " " + h.Get("Anthropic-Beta") + " " + string(b)
+	}, status, events...)
 }
 
 func messagesProxy(t *testing.T, opts string, ups ...*messagesUpstream) *httptest.Server {

@@ -26,21 +26,28 @@ var responsesEvents = []string{
 	"event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":6,\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-x\",\"usage\":{\"input_tokens\":3,\"output_tokens\":5,\"total_tokens\":8}}}\n\n",
 }
 
-// responsesUpstream serves events at /v1/responses and records what it was
-// asked.
-type responsesUpstream struct {
+// eventsUpstream serves events (or, given a status, that status with the
+// events as its JSON body; "RESET" breaks the connection) and records what
+// it was asked, in ask's words.
+type eventsUpstream struct {
 	*httptest.Server
 	calls atomic.Int32
-	last  atomic.Value // "METHOD /path?query auth body"
+	last  atomic.Value
 }
 
-func newResponsesUpstream(t *testing.T, events ...string) *responsesUpstream {
+func newEventsUpstream(t *testing.T, ask func(r *http.Request, body []byte) string, status int, events ...string) *eventsUpstream {
 	t.Helper()
-	u := &responsesUpstream{}
+	u := &eventsUpstream{}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.calls.Add(1)
 		b, _ := io.ReadAll(r.Body)
-		u.last.Store(r.Method + " " + r.URL.RequestURI() + " " + r.Header.Get("Authorization") + " " + string(b))
+		u.last.Store(ask(r, b))
+		if status != 0 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			io.WriteString(w, strings.Join(events, ""))
+			return
+		}
 		w.Header().Set("Content-Type", "text/event-stream")
 		for _, ev := range events {
 			if ev == "RESET" {
@@ -52,6 +59,17 @@ func newResponsesUpstream(t *testing.T, events ...string) *responsesUpstream {
 	}))
 	t.Cleanup(u.Close)
 	return u
+}
+
+// responsesUpstream serves events at /v1/responses; last is
+// "METHOD /path?query auth body".
+type responsesUpstream = eventsUpstream
+
+func newResponsesUpstream(t *testing.T, events ...string) *responsesUpstream {
+	t.Helper()
+	return newEventsUpstream(t, func(r *http.Request, b []byte) string {
+		return r.Method + " " + r.URL.RequestURI() + " " + r.Header.Get("Authorization") + " " + string(b)
+	}, 0, events...)
 }
 
 func responsesProxy(t *testing.T, opts string, ups ...*responsesUpstream) *httptest.Server {
