@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -57,15 +56,9 @@ func (rm *refMessages) readUsage(u any) {
 }
 
 func (rm *refMessages) decode(sseType string, data []byte) (fields map[string]any, isErr, ok bool) {
-	var ev map[string]any
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if dec.Decode(&ev) != nil || ev == nil || dec.InputOffset() != int64(len(bytes.TrimRight(data, " \t\r\n"))) {
+	ev, typ, ok := refEvent(sseType, data)
+	if !ok {
 		return nil, false, false
-	}
-	typ := sseType
-	if t, isStr := ev["type"].(string); isStr {
-		typ = t
 	}
 	fields = map[string]any{}
 	text := func(name string, v any) {

@@ -18,15 +18,9 @@ import (
 // chunk should hold, decoded to Go values; ok is false for data the parser
 // must refuse.
 func refResponses(sseType string, data []byte, calls *[]int64) (fields map[string]any, isErr, ok bool) {
-	var ev map[string]any
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if dec.Decode(&ev) != nil || ev == nil || dec.InputOffset() != int64(len(bytes.TrimRight(data, " \t\r\n"))) {
+	ev, typ, ok := refEvent(sseType, data)
+	if !ok {
 		return nil, false, false
-	}
-	typ := sseType
-	if t, isStr := ev["type"].(string); isStr {
-		typ = t
 	}
 	fields = map[string]any{}
 	text := func(v any) {
@@ -181,4 +175,19 @@ func show(v any) string {
 		return fmt.Sprint(v)
 	}
 	return string(b)
+}
+
+// refEvent decodes a typed event's data plainly: one JSON object and
+// nothing after it, typed by its "type" or else by the SSE event's.
+func refEvent(sseType string, data []byte) (ev map[string]any, typ string, ok bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if dec.Decode(&ev) != nil || ev == nil || dec.InputOffset() != int64(len(bytes.TrimRight(data, " \t\r\n"))) {
+		return nil, "", false
+	}
+	typ = sseType
+	if t, isStr := ev["type"].(string); isStr {
+		typ = t
+	}
+	return ev, typ, true
 }
